@@ -1,0 +1,55 @@
+"""Qwen2.5-Omni demo: `python app.py [--model auto|tiny|HUB_ID|DIR] [--device cuda|cpu] [--host H] [--port P]`.
+
+The same file runs on a local machine and on Hugging Face Spaces (ZeroGPU included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from omni_demo.gpu import on_spaces
+
+if on_spaces():
+    import spaces  # noqa: F401  - must be imported before torch initialises CUDA on ZeroGPU
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Live voice and video chat with Qwen2.5-Omni.")
+    parser.add_argument(
+        "--model",
+        default=os.environ.get("OMNI_DEMO_MODEL", "auto"),
+        help="auto (7B or 3B by free GPU memory; the tiny random checkpoint without a GPU), tiny, "
+        "a Hugging Face id such as Qwen/Qwen2.5-Omni-7B, or a checkpoint directory",
+    )
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--host", default="0.0.0.0" if on_spaces() else "127.0.0.1")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 7860)))
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    from model.loading import LoadError, load_omni
+    from omni_demo.chat import MAX_UPLOAD_BYTES
+    from omni_demo.ui import build_demo
+
+    try:
+        loaded = load_omni(args.model, device=args.device)
+    except LoadError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    logging.info("loaded %s", loaded.describe())
+    demo = build_demo(loaded)
+    demo.queue(default_concurrency_limit=1).launch(
+        server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD_BYTES
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""Load a Qwen2.5-Omni checkpoint (hub id or local directory) with its processor and voices.
+
+One function, `load_omni`, serves the real 7B and 3B and the tiny test checkpoint alike, so the path the
+tests exercise is the path users run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from model import constants as C
+
+GIB = 1024**3
+# Free GPU memory that `--model auto` asks for before choosing a size: the official minimum for a 15 s
+# video (bf16, flash-attention 2: 7B 31 GB, 3B 18 GB) with the float32 vocoder and some headroom.
+AUTO_MIN_FREE_GIB = {C.HUB_7B: 34.0, C.HUB_3B: 20.0}
+TINY = "tiny"
+TINY_VERSION = "v2"  # bump when model/tiny.py changes what it writes, so cached copies are rebuilt
+
+
+class LoadError(RuntimeError):
+    """A checkpoint could not be loaded; the message says what to do about it."""
+
+
+@dataclass
+class LoadedOmni:
+    model: object  # Qwen2_5OmniForConditionalGeneration
+    processor: object  # model.processing.OmniProcessor
+    voices: dict[str, dict]  # spk_dict.pt: name -> {bos_token, cond, ref_mel}
+    source: str  # what the user asked for, resolved ("Qwen/Qwen2.5-Omni-7B", a directory, "tiny")
+    checkpoint_dir: Path
+    device: torch.device
+    dtype: torch.dtype  # thinker and talker; token2wav is always float32
+    attn_implementation: str
+    is_tiny: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def voice_names(self) -> list[str]:
+        return sorted(self.voices)
+
+    def describe(self) -> str:
+        name = "tiny random-weight checkpoint" if self.is_tiny else self.source
+        dtype = str(self.dtype).removeprefix("torch.")
+        return f"{name} on {self.device.type} ({dtype}, {self.attn_implementation} attention)"
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def tiny_cache_dir() -> Path:
+    root = os.environ.get("OMNI_DEMO_CACHE") or Path.home() / ".cache" / "omni-demo"
+    return Path(root) / f"tiny-qwen2.5-omni-{TINY_VERSION}"
+
+
+def ensure_tiny_checkpoint(directory: Path | None = None) -> Path:
+    """The tiny checkpoint's directory, built on first use (seconds on a CPU)."""
+    from model import tiny
+
+    directory = Path(directory or tiny_cache_dir())
+    marker = directory / ".complete"
+    if not marker.exists():
+        staging = directory.with_name(directory.name + f".partial-{os.getpid()}")
+        tiny.build(staging)
+        (staging / ".complete").write_text(TINY_VERSION + "\n")
+        if directory.exists():  # a stale or half-written copy
+            import shutil
+
+            shutil.rmtree(directory)
+        staging.rename(directory)
+    return directory
+
+
+def choose_model(spec: str, device: torch.device) -> str:
+    """Resolve `--model auto`: with CUDA the largest size the free GPU memory allows, else the tiny one."""
+    if spec != "auto":
+        return spec
+    if device.type != "cuda":
+        return TINY
+    if os.environ.get("SPACES_ZERO_GPU"):  # a ZeroGPU slice (H200) is attached per call: no memory to query
+        return C.HUB_7B
+    free_bytes, _ = torch.cuda.mem_get_info(device)
+    for hub_id in (C.HUB_7B, C.HUB_3B):
+        if free_bytes >= AUTO_MIN_FREE_GIB[hub_id] * GIB:
+            return hub_id
+    raise LoadError(
+        f"Not enough free GPU memory for Qwen2.5-Omni: {free_bytes / GIB:.1f} GiB free, the 3B model needs about "
+        f"{AUTO_MIN_FREE_GIB[C.HUB_3B]:.0f} GiB. Free the GPU, or run on the CPU with --device cpu."
+    )
+
+
+def resolve_checkpoint_dir(spec: str) -> Path:
+    """A local checkpoint directory for a directory path or a hub id (downloaded or from the HF cache)."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        raise LoadError(f"{spec!r} is neither a checkpoint directory nor a Hugging Face model id like {C.HUB_7B}.")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(snapshot_download(spec))
+    except RepositoryNotFoundError as error:
+        raise LoadError(f"{spec} is not a model on the Hugging Face hub (or it is private).") from error
+    except Exception as error:  # offline, DNS, proxy...: fall back to what the cache holds
+        try:
+            return Path(snapshot_download(spec, local_files_only=True))
+        except LocalEntryNotFoundError:
+            raise LoadError(
+                f"Cannot download {spec} (no network?) and there is no cached copy. On a machine with access run "
+                f"`huggingface-cli download {spec} --local-dir DIR`, copy DIR here and start with --model DIR. "
+                f"({type(error).__name__})"
+            ) from error
+
+
+def check_checkpoint_dir(directory: Path) -> dict:
+    """The checkpoint's config.json, after checking that the directory holds a Qwen2.5-Omni checkpoint."""
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise LoadError(f"{directory} is not a Qwen2.5-Omni checkpoint: it has no config.json.")
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as error:
+        raise LoadError(f"{config_path} is not readable JSON: {error}") from error
+    if config.get("model_type") != "qwen2_5_omni":
+        raise LoadError(
+            f"{directory} is not a Qwen2.5-Omni checkpoint: its config.json has model_type "
+            f"{config.get('model_type')!r}, not 'qwen2_5_omni'."
+        )
+    if not (directory / "spk_dict.pt").is_file():
+        raise LoadError(
+            f"{directory} has no spk_dict.pt, the file that holds the voices. Copy it from the released checkpoint "
+            f"(it sits beside config.json in {C.HUB_7B} and {C.HUB_3B})."
+        )
+    if not any(directory.glob("*.safetensors")):
+        raise LoadError(f"{directory} has no *.safetensors weight files.")
+    return config
+
+
+def load_voices(path: Path) -> dict[str, dict]:
+    try:
+        voices = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as error:
+        raise LoadError(f"{path} is not a readable voices file: {error}") from error
+    for name, voice in voices.items() if isinstance(voices, dict) else [("?", None)]:
+        if not (isinstance(voice, dict) and {"bos_token", "cond", "ref_mel"} <= voice.keys()):
+            raise LoadError(f"{path}: voice {name!r} lacks bos_token, cond or ref_mel; is it a Qwen2.5-Omni spk_dict.pt?")
+    if not voices:
+        raise LoadError(f"{path} holds no voices.")
+    return voices
+
+
+def pick_attention(device: torch.device) -> str:
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def load_model_weights(directory: Path, device: torch.device, dtype: torch.dtype, attn: str):
+    """Qwen2_5OmniForConditionalGeneration from `directory`, refusing missing or unexpected weights."""
+    from transformers import Qwen2_5OmniForConditionalGeneration as Omni
+
+    # Omni.from_pretrained loads the speakers itself and breaks with output_loading_info (it calls
+    # load_speakers on the returned tuple): use the generic loader and load the voices ourselves.
+    model, info = super(Omni, Omni).from_pretrained(
+        str(directory),
+        dtype=dtype,
+        attn_implementation=attn,
+        device_map={"": device},
+        output_loading_info=True,
+    )
+    problems = {k: sorted(v) for k, v in info.items() if k in ("missing_keys", "mismatched_keys") and v}
+    if problems:
+        listed = "; ".join(f"{k}: {', '.join(map(str, v[:5]))}{' ...' if len(v) > 5 else ''}" for k, v in problems.items())
+        raise LoadError(f"{directory} does not match the Qwen2.5-Omni architecture ({listed}).")
+    unexpected = [k for k in info.get("unexpected_keys", ()) if not k.endswith("inv_freq")]
+    if unexpected:  # the released files carry the DiT's rotary inv_freq, a buffer transformers recomputes
+        raise LoadError(f"{directory} has weights Qwen2.5-Omni does not use: {', '.join(sorted(unexpected)[:5])}")
+    model.token2wav.float()  # the DiT and BigVGAN are only correct in float32
+    return model.eval()
+
+
+def load_omni(spec: str = "auto", device: str | torch.device | None = None) -> LoadedOmni:
+    """Load model, processor and voices. `spec`: 'auto', 'tiny', a hub id, or a checkpoint directory."""
+    from model import tiny
+    from model.processing import OmniProcessor
+
+    device = torch.device(device) if device else default_device()
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LoadError("--device cuda was asked for, but PyTorch sees no CUDA GPU here.")
+    source = choose_model(spec, device)
+    directory = ensure_tiny_checkpoint() if source == TINY else resolve_checkpoint_dir(source)
+    check_checkpoint_dir(directory)
+    is_tiny = (directory / tiny.MARKER_FILE).is_file()
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    attn = pick_attention(device)
+    try:
+        model = load_model_weights(directory, device, dtype, attn)
+    except torch.OutOfMemoryError as error:
+        free = torch.cuda.mem_get_info(device)[0] / GIB if device.type == "cuda" else 0.0
+        raise LoadError(
+            f"Not enough GPU memory to load {source} ({free:.1f} GiB free after the attempt). Try "
+            f"--model {C.HUB_3B}, close other GPU programs, or use --device cpu."
+        ) from error
+    voices = load_voices(directory / "spk_dict.pt")
+    model.speaker_map = voices  # transformers' generate(speaker=...) reads them here
+    processor = OmniProcessor.from_pretrained(str(directory))
+    loaded = LoadedOmni(model, processor, voices, source, directory, device, dtype, attn, is_tiny)
+    if is_tiny:
+        loaded.notes.append(
+            "This is a tiny random-weight Qwen2.5-Omni, for trying the pipeline without a GPU "
+            "(--model auto chooses it when there is none). Its text and speech are noise, not answers."
+        )
+    return loaded

@@ -1,0 +1,158 @@
+"""transformers' own, non-streaming Qwen2.5-Omni generation: the correctness oracle and the baseline.
+
+`reference_generate` runs `Qwen2_5OmniForConditionalGeneration.generate` exactly as users of transformers
+do (thinker to the end, then the talker, then token2wav over the whole answer) and also returns what the
+streaming engine must reproduce: the thinker's tokens, the talker's codes and the waveform for a fixed
+token2wav noise.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from model import constants as C
+from model.conversation import Conversation
+
+
+@dataclass
+class ThinkerSampling:
+    """Thinker decoding; temperature 0 is greedy (the checkpoint's generation config)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+
+    def generate_kwargs(self) -> dict:
+        if self.temperature <= 0:
+            return {"thinker_do_sample": False}
+        return {
+            "thinker_do_sample": True,
+            "thinker_temperature": self.temperature,
+            "thinker_top_p": self.top_p,
+            "thinker_top_k": self.top_k,
+            "thinker_repetition_penalty": self.repetition_penalty,
+        }
+
+
+@dataclass
+class TalkerSampling:
+    """Talker decoding with transformers' defaults; greedy keeps the repetition penalty, as transformers does."""
+
+    greedy: bool = False
+    temperature: float = C.TALKER_TEMPERATURE
+    top_p: float = C.TALKER_TOP_P
+    top_k: int = C.TALKER_TOP_K
+    repetition_penalty: float = C.TALKER_REPETITION_PENALTY
+
+    def generate_kwargs(self) -> dict:
+        return {
+            "talker_do_sample": not self.greedy,
+            "talker_temperature": self.temperature,
+            "talker_top_p": self.top_p,
+            "talker_top_k": self.top_k,
+            "talker_repetition_penalty": self.repetition_penalty,
+        }
+
+
+@dataclass
+class ReferenceResult:
+    prompt_ids: list[int]
+    thinker_tokens: list[int]  # generated, without the prompt
+    text: str
+    talker_codes: list[int] = field(default_factory=list)  # what token2wav was given (no EOS)
+    waveform: np.ndarray | None = None  # float32 at 24 kHz
+    seconds: float = 0.0  # wall time of generate()
+
+    @property
+    def audio_seconds(self) -> float:
+        return 0.0 if self.waveform is None else len(self.waveform) / C.OUTPUT_SAMPLE_RATE
+
+
+def prepare_inputs(processor, conversation: Conversation):
+    """The processor's tensors for the whole conversation, ending with the assistant's generation prompt."""
+    messages, media = conversation.model_inputs()
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    return processor(
+        text=prompt,
+        audio=media["audio"] or None,
+        images=media["images"] or None,
+        videos=[clip.frames for clip in media["videos"]] or None,
+        video_fps=[clip.fps for clip in media["videos"]] or None,
+        use_audio_in_video=conversation.use_audio_in_video(),
+        return_tensors="pt",
+    )
+
+
+@torch.no_grad()
+def reference_generate(
+    loaded,
+    conversation: Conversation,
+    *,
+    voice: str = "Chelsie",
+    text_only: bool = False,
+    max_new_tokens: int = 256,
+    talker_max_new_tokens: int = C.TALKER_MAX_NEW_TOKENS,
+    thinker: ThinkerSampling | None = None,
+    talker: TalkerSampling | None = None,
+    seed: int | None = 0,
+    noise_seed: int | None = None,
+) -> ReferenceResult:
+    """One answer from transformers' generate. `noise_seed` fixes token2wav's starting noise: it is
+    `torch.randn((1, 2 * len(codes), 80))` drawn on the model's device right after `torch.manual_seed`."""
+    model, processor = loaded.model, loaded.processor
+    if voice not in loaded.voices:
+        raise ValueError(f"Unknown voice {voice!r}; this checkpoint has {', '.join(loaded.voice_names)}.")
+    inputs = prepare_inputs(processor, conversation).to(loaded.device)
+    for key in ("input_features", "pixel_values", "pixel_values_videos"):
+        if key in inputs:
+            inputs[key] = inputs[key].to(loaded.dtype)
+    kwargs = dict(inputs)
+    kwargs.update((thinker or ThinkerSampling()).generate_kwargs())
+    kwargs.update((talker or TalkerSampling()).generate_kwargs())
+    # transformers 5.23 forwards the pixel tensors to talker.generate, which refuses them ("model_kwargs are
+    # not used"); the talker needs only the grids, for its rope ids.
+    for key in ("pixel_values", "pixel_values_videos"):
+        if key in inputs:
+            kwargs[f"talker_{key}"] = None
+
+    codes: list[torch.Tensor] = []
+
+    def capture_codes(module, args, call_kwargs):
+        code = args[0] if args else call_kwargs["code"]  # generate() passes it positionally
+        codes.append(code.detach().cpu())
+        if noise_seed is not None:
+            torch.manual_seed(noise_seed)
+
+    hook = model.token2wav.register_forward_pre_hook(capture_codes, with_kwargs=True)
+    if seed is not None:
+        torch.manual_seed(seed)
+    started = time.perf_counter()
+    try:
+        output = model.generate(
+            **kwargs,
+            speaker=voice,
+            use_audio_in_video=conversation.use_audio_in_video(),
+            thinker_max_new_tokens=max_new_tokens,
+            talker_max_new_tokens=talker_max_new_tokens,
+            generation_mode="text" if text_only else "audio",
+        )
+    finally:
+        hook.remove()
+    seconds = time.perf_counter() - started
+
+    sequences, waveform = (output, None) if text_only else output
+    if hasattr(sequences, "sequences"):
+        sequences = sequences.sequences
+    prompt_len = inputs["input_ids"].shape[1]
+    tokens = sequences[0, prompt_len:].tolist()
+    text = processor.tokenizer.decode(tokens, skip_special_tokens=True)
+    result = ReferenceResult(inputs["input_ids"][0].tolist(), tokens, text, seconds=seconds)
+    if waveform is not None:
+        result.waveform = waveform.detach().float().cpu().numpy().reshape(-1)
+        result.talker_codes = codes[0].reshape(-1).tolist() if codes else []
+    return result

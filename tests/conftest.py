@@ -1,0 +1,96 @@
+"""Shared fixtures: the tiny checkpoint (built once per run) and the model loaded from it."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+# Tests never reach the hub; a test that tries must fail fast, not hang.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    from model.loading import ensure_tiny_checkpoint
+
+    return ensure_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def loaded(tiny_dir):
+    """The tiny model, its processor and voices, loaded through the same function users run."""
+    from model.loading import load_omni
+
+    return load_omni(str(tiny_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def assets() -> Path:
+    return ASSETS
+
+
+class ReferenceHarness:
+    """transformers' own outputs on the tiny model for each input case, computed once per run.
+
+    Greedy thinker and talker, and a fixed token2wav noise, so each result is reproducible."""
+
+    max_new_tokens = 24
+    noise_seed = 0
+
+    def __init__(self, loaded):
+        self.loaded = loaded
+        self._results = {}
+
+    def conversation(self, name: str):
+        from model import cases
+
+        if name == "second_turn":
+            return cases.second_turn_case(self.result("text").text)
+        return cases.SINGLE_TURN_CASES[name]()
+
+    def result(self, name: str, voice: str = "Chelsie"):
+        from model.reference import TalkerSampling, reference_generate
+
+        key = (name, voice)
+        if key not in self._results:
+            self._results[key] = reference_generate(
+                self.loaded,
+                self.conversation(name),
+                voice=voice,
+                max_new_tokens=self.max_new_tokens,
+                talker=TalkerSampling(greedy=True),
+                noise_seed=self.noise_seed,
+            )
+        return self._results[key]
+
+
+HARNESS_CASES = ["text", "audio", "image", "video_with_sound", "silent_video", "second_turn"]
+
+
+@pytest.fixture(scope="session")
+def harness(loaded) -> ReferenceHarness:
+    return ReferenceHarness(loaded)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(loaded):
+    """The app on a real Gradio server on loopback, with the tiny model; yields its URL."""
+    from omni_demo.ui import build_demo
+
+    demo = build_demo(loaded)
+    demo.queue(default_concurrency_limit=1)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    yield url
+    demo.close()
