@@ -9,6 +9,7 @@ token2wav noise.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -88,6 +89,33 @@ def prepare_inputs(processor, conversation: Conversation):
     )
 
 
+@contextmanager
+def talker_sees_its_attention_mask(model):
+    """transformers 5.23's generate drops the talker's all-ones attention mask before its forward, and the
+    talker's forward keys two things on that mask: adding the codec PAD/BOS embeddings to the last two prompt
+    positions, and its TMRoPE position ids. Without it the talker runs on plain positions and without those
+    embeddings, which is not the model as released (and not what the official implementation does). Put the
+    mask back, so the oracle runs transformers' own talker code as designed."""
+    talker = model.talker
+    original = talker.prepare_inputs_for_generation
+
+    def prepare(input_ids, inputs_embeds=None, **kwargs):  # generate() inspects this signature
+        inputs = original(input_ids, inputs_embeds=inputs_embeds, **kwargs)
+        if inputs.get("attention_mask") is None:
+            cache = inputs.get("past_key_values")
+            past = cache.get_seq_length() if cache is not None else 0
+            embeds = inputs.get("inputs_embeds")
+            new = embeds.shape[1] if embeds is not None else inputs["input_ids"].shape[1]
+            inputs["attention_mask"] = torch.ones((input_ids.shape[0], past + new), dtype=torch.long, device=input_ids.device)
+        return inputs
+
+    talker.prepare_inputs_for_generation = prepare
+    try:
+        yield
+    finally:
+        del talker.prepare_inputs_for_generation  # back to the class's method
+
+
 @torch.no_grad()
 def reference_generate(
     loaded,
@@ -101,6 +129,7 @@ def reference_generate(
     talker: TalkerSampling | None = None,
     seed: int | None = 0,
     noise_seed: int | None = None,
+    prompt_ids: list[int] | None = None,
 ) -> ReferenceResult:
     """One answer from transformers' generate. `noise_seed` fixes token2wav's starting noise: it is
     `torch.randn((1, 2 * len(codes), 80))` drawn on the model's device right after `torch.manual_seed`."""
@@ -108,6 +137,11 @@ def reference_generate(
     if voice not in loaded.voices:
         raise ValueError(f"Unknown voice {voice!r}; this checkpoint has {', '.join(loaded.voice_names)}.")
     inputs = prepare_inputs(processor, conversation).to(loaded.device)
+    if prompt_ids is not None:  # exact ids for a text-only conversation (e.g. a history kept as token ids)
+        if set(inputs.keys()) != {"input_ids", "attention_mask"}:
+            raise ValueError("prompt_ids replaces the prompt of text-only conversations only")
+        ids = torch.tensor([prompt_ids], device=loaded.device)
+        inputs["input_ids"], inputs["attention_mask"] = ids, torch.ones_like(ids)
     for key in ("input_features", "pixel_values", "pixel_values_videos"):
         if key in inputs:
             inputs[key] = inputs[key].to(loaded.dtype)
@@ -133,14 +167,15 @@ def reference_generate(
         torch.manual_seed(seed)
     started = time.perf_counter()
     try:
-        output = model.generate(
-            **kwargs,
-            speaker=voice,
-            use_audio_in_video=conversation.use_audio_in_video(),
-            thinker_max_new_tokens=max_new_tokens,
-            talker_max_new_tokens=talker_max_new_tokens,
-            generation_mode="text" if text_only else "audio",
-        )
+        with talker_sees_its_attention_mask(model):
+            output = model.generate(
+                **kwargs,
+                speaker=voice,
+                use_audio_in_video=conversation.use_audio_in_video(),
+                thinker_max_new_tokens=max_new_tokens,
+                talker_max_new_tokens=talker_max_new_tokens,
+                generation_mode="text" if text_only else "audio",
+            )
     finally:
         hook.remove()
     seconds = time.perf_counter() - started

@@ -1,0 +1,81 @@
+"""Choosing the next thinker token or talker code from logits, as transformers' generate does.
+
+The processors are transformers' own, applied in generate's order (penalties and suppression, then
+temperature, top-k, top-p), so greedy decoding reproduces generate's choices exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    SuppressTokensLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from model import constants as C
+
+
+@dataclass
+class Sampling:
+    greedy: bool = True
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+
+
+THINKER_DEFAULT = Sampling()  # the checkpoint's generation config: greedy
+TALKER_DEFAULT = Sampling(
+    greedy=False,
+    temperature=C.TALKER_TEMPERATURE,
+    top_k=C.TALKER_TOP_K,
+    top_p=C.TALKER_TOP_P,
+    repetition_penalty=C.TALKER_REPETITION_PENALTY,
+)
+
+
+class TokenChooser:
+    """Applies one stream's processors and picks a token. `history` holds the ids the repetition penalty
+    sees: transformers penalises every id of the sequence, prompt included."""
+
+    def __init__(
+        self,
+        sampling: Sampling,
+        suppress: tuple[int, ...] = (),
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+    ):
+        self.sampling = sampling
+        self.generator = generator
+        processors = LogitsProcessorList()
+        if sampling.repetition_penalty != 1.0:
+            processors.append(RepetitionPenaltyLogitsProcessor(sampling.repetition_penalty))
+        if suppress:
+            processors.append(SuppressTokensLogitsProcessor(list(suppress), device=str(device)))
+        if not sampling.greedy:
+            if sampling.temperature != 1.0:
+                processors.append(TemperatureLogitsWarper(sampling.temperature))
+            if sampling.top_k:
+                processors.append(TopKLogitsWarper(sampling.top_k))
+            if sampling.top_p < 1.0:
+                processors.append(TopPLogitsWarper(sampling.top_p))
+        self.processors = processors
+        # Top-1 minus top-2 processed score of each greedy choice: where it is tiny, float error between two
+        # equivalent computations may flip the choice, so tests compare choices only above a tolerance.
+        self.margins: list[float] = []
+
+    def choose(self, logits: torch.Tensor, history: torch.Tensor) -> int:
+        """logits: (1, vocab) float; history: (1, n) long ids on the same device."""
+        scores = self.processors(history, logits.float())
+        if self.sampling.greedy:
+            top2 = scores.topk(2, dim=-1).values[0]
+            self.margins.append(float(top2[0] - top2[1]))
+            return int(scores.argmax(dim=-1))
+        probs = torch.softmax(scores, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=self.generator))

@@ -1,0 +1,299 @@
+"""A streaming conversation with Qwen2.5-Omni: input in as it comes, text and speech out as they are made.
+
+One `OmniSession` holds one conversation: the thinker's KV cache across turns, the talker's cache over the
+conversation so far, and what the next turn must start with. `add_user_turn` prefills a user turn's prompt
+(the encoders run here, so nothing is left for the answer but decoding); `respond` decodes the answer with
+the thinker and the talker interleaved, the talker one token behind, and turns codes into audio chunk by
+chunk. With greedy decoding its tokens and codes are transformers' own (tests/test_session.py).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from model import constants as C
+from model.conversation import Audio, Conversation, Image, Part, Text, Video
+from model.sampling import TALKER_DEFAULT, THINKER_DEFAULT, Sampling, TokenChooser
+from model.talker_stream import TalkerStream
+from model.thinker_stream import Segment, ThinkerStream
+from model.token2wav_stream import StreamingToken2Wav
+
+
+@dataclass
+class TextDelta:
+    text: str
+
+
+@dataclass
+class AudioChunk:
+    samples: np.ndarray  # float32, mono
+    sample_rate: int = C.OUTPUT_SAMPLE_RATE
+
+
+@dataclass
+class Timings:
+    """Seconds from the end of the user's input (the call to `respond`)."""
+
+    first_text: float | None = None
+    first_audio: float | None = None
+    total: float = 0.0
+    tokens: int = 0
+    codes: int = 0
+    audio_seconds: float = 0.0
+
+
+@dataclass
+class AnswerDone:
+    text: str
+    tokens: list[int]
+    codes: list[int]
+    timings: Timings
+    interrupted: bool = False
+    token_margins: list[float] = field(default_factory=list)  # greedy top-2 margins (see TokenChooser)
+    code_margins: list[float] = field(default_factory=list)
+
+
+Event = TextDelta | AudioChunk | AnswerDone
+
+
+@dataclass
+class AnswerSettings:
+    voice: str = "Chelsie"
+    text_only: bool = False
+    max_new_tokens: int = 1024
+    talker_max_new_tokens: int = C.TALKER_MAX_NEW_TOKENS
+    thinker: Sampling = field(default_factory=lambda: THINKER_DEFAULT)
+    talker: Sampling = field(default_factory=lambda: TALKER_DEFAULT)
+    seed: int | None = None
+    noise_seed: int | None = None  # token2wav's starting noise (fixed for reproducible audio)
+    first_chunk_frames: int = 48
+    chunk_frames: int = 48
+
+
+class TextStreamer:
+    """Incremental detokenisation that never splits a multi-byte character."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.tokens: list[int] = []
+        self.sent = ""
+
+    def add(self, token: int) -> str:
+        self.tokens.append(token)
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its next byte
+            return ""
+        delta, self.sent = text[len(self.sent) :], text
+        return delta
+
+
+class OmniSession:
+    def __init__(self, loaded, system_prompt: str = C.AUDIO_SYSTEM_PROMPT, use_audio_in_video: bool = True):
+        self.loaded = loaded
+        self.model = loaded.model
+        self.processor = loaded.processor
+        self.system_prompt = system_prompt
+        # One layout for every video of the conversation, as transformers requires; a video without sound
+        # is laid out without audio either way.
+        self.use_audio_in_video = use_audio_in_video
+        self.thinker = ThinkerStream(self.model.thinker)
+        self.talker = TalkerStream(self.model.talker) if hasattr(self.model, "talker") else None
+        self._talker_fed = 0  # entries of thinker.talker_states already in the talker's cache
+        self._logits: torch.Tensor | None = None  # after the last prefill: the answer's first choice
+        self._closing: list[int] = []  # the last answer's unfed tail (its last token, if not <|im_end|>)
+        self.turns = 0
+        self._interrupt = threading.Event()
+
+    def interrupt(self) -> None:
+        """Stops the running answer at its next decode step (safe from any thread). The answer's text up to
+        there stays in the conversation, as it was said."""
+        self._interrupt.set()
+
+    # ------------------------------------------------------------------ input
+
+    def _turn_text(self, parts: list[Part]) -> str:
+        system = {"role": "system", "content": [{"type": "text", "text": self.system_prompt}]}
+        conversation = Conversation(self.system_prompt)
+        conversation.add_user(*parts)
+        messages, _ = conversation.model_inputs()
+        user_turn = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        if self.turns == 0:
+            return user_turn
+        # Later turns follow the previous answer: close it, then the user's turn (without the system part).
+        system_text = self.processor.apply_chat_template([system], add_generation_prompt=False)
+        return "<|im_end|>\n" + user_turn[len(system_text) :]
+
+    @torch.no_grad()
+    def encode_segment(self, text: str, parts: list[Part]) -> Segment:
+        """Tokenise a prompt segment with its media, run the encoders, and place it after the cache."""
+        conversation = Conversation(self.system_prompt, [])
+        conversation.add_user(*parts)
+        _, media = conversation.model_inputs()
+        interleave = self.use_audio_in_video and all(v.audio is not None for v in media["videos"]) and bool(media["videos"])
+        if media["videos"] and not interleave:
+            # model_inputs put each video's sound after it as a separate audio part only when it decided
+            # not to interleave; keep the two decisions the same.
+            media["audio"] = [p.samples for p in parts if isinstance(p, Audio)] + [
+                v.audio for v in media["videos"] if v.audio is not None
+            ]
+        inputs = self.processor(
+            text=text,
+            audio=media["audio"] or None,
+            images=media["images"] or None,
+            videos=[clip.frames for clip in media["videos"]] or None,
+            video_fps=[clip.fps for clip in media["videos"]] or None,
+            use_audio_in_video=interleave,
+        ).to(self.thinker.device)
+        thinker = self.model.thinker
+        ids = inputs["input_ids"]
+        embeds = self.thinker.embed(ids)
+        dtype = embeds.dtype
+        if "input_features" in inputs:
+            features = thinker.model.get_audio_features(
+                inputs["input_features"].to(dtype), inputs["feature_attention_mask"]
+            ).last_hidden_state
+            embeds = embeds.masked_scatter((ids == C.AUDIO_TOKEN_ID).unsqueeze(-1), features.to(dtype))
+        if "pixel_values" in inputs:
+            out = thinker.model.get_image_features(inputs["pixel_values"].to(dtype), inputs["image_grid_thw"])
+            features = torch.cat(out.pooler_output, dim=0)
+            embeds = embeds.masked_scatter((ids == C.IMAGE_TOKEN_ID).unsqueeze(-1), features.to(dtype))
+        if "pixel_values_videos" in inputs:
+            out = thinker.model.get_video_features(inputs["pixel_values_videos"].to(dtype), inputs["video_grid_thw"])
+            features = torch.cat(out.pooler_output, dim=0)
+            embeds = embeds.masked_scatter((ids == C.VIDEO_TOKEN_ID).unsqueeze(-1), features.to(dtype))
+        positions, _ = thinker.model.get_rope_index(
+            ids,
+            inputs.get("image_grid_thw"),
+            inputs.get("video_grid_thw"),
+            inputs["attention_mask"],
+            interleave,
+            inputs["feature_attention_mask"].sum(-1) if "feature_attention_mask" in inputs else None,
+            inputs.get("video_second_per_grid"),
+        )
+        return Segment(ids, embeds, positions + self.thinker.next_position)
+
+    def add_user_turn(self, *parts: Part) -> None:
+        """Prefills a whole user turn (text, audio, images, videos) and the assistant's prompt."""
+        if self._closing:
+            self.thinker.prefill(self.thinker.text_segment(self._closing))
+            self._closing = []
+        segment = self.encode_segment(self._turn_text(list(parts)), list(parts))
+        self._logits = self.thinker.prefill(segment)
+        self.turns += 1
+
+    def _feed_talker_prompt(self) -> None:
+        states = self.thinker.talker_states[self._talker_fed :]
+        if states:
+            positions = self.thinker.state_positions[self._talker_fed :]
+            self.talker.feed_prompt(torch.cat(states, dim=1), torch.cat(positions, dim=-1))
+            self._talker_fed = len(self.thinker.talker_states)
+
+    # ------------------------------------------------------------------ output
+
+    @torch.no_grad()
+    def respond(self, settings: AnswerSettings | None = None) -> Iterator[Event]:
+        settings = settings or AnswerSettings()
+        if self._logits is None:
+            raise RuntimeError("add a user turn before asking for an answer")
+        voices = self.loaded.voices
+        if settings.voice not in voices:
+            raise ValueError(f"Unknown voice {settings.voice!r}; this checkpoint has {', '.join(sorted(voices))}.")
+        started = time.perf_counter()
+        timings = Timings()
+        device = self.thinker.device
+        generator = None
+        if settings.seed is not None:
+            generator = torch.Generator(device=device).manual_seed(settings.seed)
+        think = TokenChooser(settings.thinker, generator=generator, device=device)
+        speaking = not settings.text_only and self.talker is not None
+        talk = TokenChooser(settings.talker, suppress=(C.CODEC_BOS_ID,), generator=generator, device=device)
+        if speaking:
+            self._feed_talker_prompt()
+            voice = voices[settings.voice]
+            speech = StreamingToken2Wav(
+                self.model.token2wav,
+                voice,
+                noise=settings.noise_seed,
+                first_chunk_frames=settings.first_chunk_frames,
+                chunk_frames=settings.chunk_frames,
+            )
+            embed = self.thinker.embed
+            bos_embed = embed(torch.tensor([[voice["bos_token"]]], device=device))
+            text_eos = embed(torch.tensor([[C.TALKER_TEXT_EOS_ID]], device=device))
+            text_pad = embed(torch.tensor([[C.TALKER_TEXT_PAD_ID]], device=device))
+
+        text = TextStreamer(self.processor.tokenizer)
+        tokens: list[int] = []
+        codes: list[int] = []
+        code_logits = None
+        talker_done = not speaking
+        history = torch.tensor([self.thinker.ids], device=device)
+        logits = self._logits
+        self._logits = None
+        self._interrupt.clear()
+        interrupted = False
+
+        def audio_events(chunks) -> Iterator[AudioChunk]:
+            for samples in chunks:
+                if timings.first_audio is None:
+                    timings.first_audio = time.perf_counter() - started
+                timings.audio_seconds += len(samples) / C.OUTPUT_SAMPLE_RATE
+                yield AudioChunk(samples)
+
+        def talk_step(reply: torch.Tensor) -> Iterator[AudioChunk]:
+            """One talker step fed `reply`; the code it chose goes to token2wav."""
+            nonlocal code_logits, talker_done
+            if code_logits is None:
+                code_logits = self.talker.start(bos_embed, reply)
+            else:
+                code_logits = self.talker.step(codes[-1], reply)
+            code = talk.choose(code_logits, self.talker.penalty_history())
+            if code in C.TALKER_EOS_CODES or len(codes) + 1 >= settings.talker_max_new_tokens:
+                talker_done = True
+                if code not in C.TALKER_EOS_CODES:
+                    codes.append(code)
+                    yield from audio_events(speech.feed([code]))
+                return
+            codes.append(code)
+            yield from audio_events(speech.feed([code]))
+
+        while True:
+            if self._interrupt.is_set():
+                interrupted = True
+                break
+            token = think.choose(logits, history)
+            tokens.append(token)
+            if timings.first_text is None:
+                timings.first_text = time.perf_counter() - started
+            delta = text.add(token)
+            if delta:
+                yield TextDelta(delta)
+            if token == C.IM_END_ID or len(tokens) >= settings.max_new_tokens:
+                break
+            logits, state = self.thinker.step(token)
+            history = torch.cat([history, torch.tensor([[token]], device=device)], dim=1)
+            if not talker_done:
+                yield from talk_step(state)
+
+        # The last token was chosen but never fed; the next turn starts with it (unless it is <|im_end|>).
+        self._closing = [] if not tokens or tokens[-1] == C.IM_END_ID else [tokens[-1]]
+        if speaking and interrupted:
+            self.talker.end_answer()
+        elif speaking:
+            # The thinker is done: the talker reads text EOS once, then text PAD until it ends.
+            reply = text_eos
+            while not talker_done and code_logits is not None and not self._interrupt.is_set():
+                yield from talk_step(reply)
+                reply = text_pad
+            yield from audio_events(speech.flush())
+            self.talker.end_answer()
+        timings.total = time.perf_counter() - started
+        timings.tokens, timings.codes = len(tokens), len(codes)
+        answer = text.tokenizer.decode(tokens, skip_special_tokens=True)
+        yield AnswerDone(answer, tokens, codes, timings, interrupted, think.margins, talk.margins)

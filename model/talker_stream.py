@@ -1,0 +1,95 @@
+"""The talker's side of an answer: its KV cache over the thinker's states, one code per step.
+
+transformers runs the talker after the thinker has finished. Here it runs one token behind it: its prompt
+(the thinker states of everything prefilled so far) can be fed as it arrives, its prefill ends with the
+speaker's BOS token and the first reply token's state, and each later step takes the previous code's
+embedding plus the next reply state (thinker token k+1 for step k; then text EOS, then text PAD).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from model import constants as C
+
+
+@dataclass
+class TalkerStream:
+    talker: object  # Qwen2_5OmniTalkerForConditionalGeneration
+    cache: DynamicCache = None
+    length: int = 0  # positions in the cache
+    next_position: int = 0  # rope id of the next text position
+    prompt_length: int = 0  # positions that belong to the conversation (kept across answers)
+    prompt_next_position: int = 0
+    codes: list[int] = field(default_factory=list)  # this answer's codes so far
+
+    def __post_init__(self):
+        if self.cache is None:
+            self.cache = DynamicCache(config=self.talker.config)
+
+    @property
+    def device(self) -> torch.device:
+        return self.talker.codec_head.weight.device
+
+    def codec_embed(self, code: int) -> torch.Tensor:
+        return self.talker.get_input_embeddings()(torch.tensor([[code]], device=self.device))
+
+    def _forward(self, inputs: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        total = self.length + inputs.shape[1]
+        mask = torch.ones((1, total), dtype=torch.long, device=inputs.device)
+        out = self.talker.model(
+            inputs_embeds=self.talker.thinker_to_talker_proj(inputs),
+            position_ids=position_ids,
+            attention_mask=mask,
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        self.length = total
+        return self.talker.codec_head(out.last_hidden_state[:, -1]).float()
+
+    @torch.no_grad()
+    def feed_prompt(self, states: torch.Tensor, position_ids: torch.Tensor) -> None:
+        """Prefills conversation positions (thinker states, (1, n, hidden)) with their talker rope ids."""
+        if self.length != self.prompt_length:
+            raise RuntimeError("the talker is mid-answer; end the answer before feeding more prompt")
+        self._forward(states, position_ids)
+        self.prompt_length = self.length
+        self.next_position = self.prompt_next_position = int(position_ids.max()) + 1
+
+    @torch.no_grad()
+    def start(self, speaker_bos_embed: torch.Tensor, first_reply: torch.Tensor) -> torch.Tensor:
+        """The answer's first talker forward: speaker BOS + codec pad, first reply state + codec BOS.
+        Returns the logits of the first code."""
+        inputs = torch.cat(
+            [speaker_bos_embed + self.codec_embed(C.CODEC_PAD_ID), first_reply + self.codec_embed(C.CODEC_BOS_ID)],
+            dim=1,
+        )
+        positions = torch.arange(self.next_position, self.next_position + 2, device=self.device)
+        self.next_position += 2
+        return self._forward(inputs, positions.view(1, 1, -1).expand(3, 1, -1))
+
+    @torch.no_grad()
+    def step(self, code: int, reply: torch.Tensor) -> torch.Tensor:
+        """Feeds the last code with the next reply state; returns the next code's logits."""
+        self.codes.append(code)
+        position = torch.full((3, 1, 1), self.next_position, dtype=torch.long, device=self.device)
+        self.next_position += 1
+        return self._forward(self.codec_embed(code) + reply, position)
+
+    def end_answer(self) -> None:
+        """Drops the answer's positions: the next answer's talker sees the conversation, not this speech."""
+        extra = self.length - self.prompt_length
+        if extra:
+            self.cache.crop(-extra)
+        self.length = self.prompt_length
+        self.next_position = self.prompt_next_position
+        self.codes = []
+
+    def penalty_history(self) -> torch.Tensor:
+        """The ids transformers' repetition penalty sees for the talker: the prompt's codec mask, pad and BOS
+        (only their set matters) and the codes so far."""
+        ids = [C.CODEC_MASK_ID, C.CODEC_PAD_ID, C.CODEC_BOS_ID, *self.codes]
+        return torch.tensor([ids], device=self.device)

@@ -1,0 +1,96 @@
+"""The thinker's side of a conversation: one KV cache, its rope position, and what the talker reads.
+
+Input arrives as segments (a turn's prompt, or a block of live input) with their embeddings and 3-D rope
+ids; each is prefilled onto the cache. Decoding feeds one token at a time. Every prefilled or fed position
+also leaves a "talker state" (the thinker's input embedding, zeroed at audio, image and video positions,
+plus its last hidden state), which is what transformers hands the talker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from model import constants as C
+
+MEDIA_TOKEN_IDS = (C.AUDIO_TOKEN_ID, C.IMAGE_TOKEN_ID, C.VIDEO_TOKEN_ID)
+
+
+@dataclass
+class Segment:
+    """Prompt tokens ready for the thinker: ids, their input embeddings and their rope ids."""
+
+    ids: torch.Tensor  # (1, n) long
+    embeds: torch.Tensor  # (1, n, hidden)
+    position_ids: torch.Tensor  # (3, 1, n), absolute (already offset to follow the cache)
+
+
+@dataclass
+class ThinkerStream:
+    thinker: object  # Qwen2_5OmniThinkerForConditionalGeneration
+    cache: DynamicCache = None
+    ids: list[int] = field(default_factory=list)  # every token in the cache, in order
+    next_position: int = 0  # rope id of the next text token: one past the largest id so far
+    talker_states: list[torch.Tensor] = field(default_factory=list)  # (1, n_i, hidden) per prefill/step
+    state_positions: list[torch.Tensor] = field(default_factory=list)  # their rope ids, (3, 1, n_i)
+
+    def __post_init__(self):
+        if self.cache is None:
+            self.cache = DynamicCache(config=self.thinker.config.text_config)
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+    @property
+    def device(self) -> torch.device:
+        return self.thinker.lm_head.weight.device
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.thinker.get_input_embeddings()(ids)
+
+    def _forward(self, embeds: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        total = self.length + embeds.shape[1]
+        # An all-ones mask, as generate() passes, so the attention kernels see what they see there.
+        mask = torch.ones((1, total), dtype=torch.long, device=embeds.device)
+        out = self.thinker.model.language_model(
+            inputs_embeds=embeds,
+            position_ids=position_ids,
+            attention_mask=mask,
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        return out.last_hidden_state
+
+    @torch.no_grad()
+    def prefill(self, segment: Segment) -> torch.Tensor:
+        """Adds a segment to the cache; returns the logits after its last token, (1, vocab)."""
+        hidden = self._forward(segment.embeds, segment.position_ids)
+        media = torch.isin(segment.ids, torch.tensor(MEDIA_TOKEN_IDS, device=segment.ids.device))
+        self.talker_states.append(segment.embeds.masked_fill(media.unsqueeze(-1), 0.0) + hidden)
+        self.state_positions.append(segment.position_ids)
+        self.ids.extend(segment.ids[0].tolist())
+        self.next_position = int(segment.position_ids.max()) + 1
+        return self.thinker.lm_head(hidden[:, -1])
+
+    @torch.no_grad()
+    def step(self, token: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feeds one generated token; returns (logits (1, vocab), its talker state (1, 1, hidden))."""
+        ids = torch.tensor([[token]], device=self.device)
+        embeds = self.embed(ids)
+        position = torch.full((3, 1, 1), self.next_position, dtype=torch.long, device=self.device)
+        hidden = self._forward(embeds, position)
+        state = embeds + hidden
+        self.talker_states.append(state)
+        self.state_positions.append(position)
+        self.ids.append(token)
+        self.next_position += 1
+        return self.thinker.lm_head(hidden[:, -1]), state
+
+    def text_segment(self, ids: list[int]) -> Segment:
+        """Plain text tokens that follow the cache (all three rope ids advance together)."""
+        tensor = torch.tensor([ids], device=self.device)
+        positions = torch.arange(self.next_position, self.next_position + len(ids), device=self.device)
+        return Segment(tensor, self.embed(tensor), positions.view(1, 1, -1).expand(3, 1, -1))

@@ -1,0 +1,165 @@
+"""The streaming engine against transformers' own generate on the same tiny weights (greedy).
+
+Where two equivalent computations sum floats in different orders, a greedy choice whose top-2 margin is
+below MARGIN_TOLERANCE may legitimately flip; choices are compared up to the first such near-tie and must
+be identical wherever the margin is above it. (On this machine every case matches to the end.)
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from conftest import HARNESS_CASES
+
+from model import constants as C
+from model.conversation import Text
+from model.reference import TalkerSampling, reference_generate
+from model.sampling import Sampling
+from model.session import AnswerDone, AnswerSettings, AudioChunk, OmniSession, TextDelta
+
+MARGIN_TOLERANCE = 1e-3  # float32 logits of O(10): error between summation orders is well below this
+
+
+def greedy_settings(harness, **overrides) -> AnswerSettings:
+    settings = AnswerSettings(
+        max_new_tokens=harness.max_new_tokens,
+        talker=Sampling(greedy=True, repetition_penalty=C.TALKER_REPETITION_PENALTY),
+        noise_seed=harness.noise_seed,
+    )
+    for key, value in overrides.items():
+        setattr(settings, key, value)
+    return settings
+
+
+def run(session: OmniSession, settings: AnswerSettings):
+    events = list(session.respond(settings))
+    done = events[-1]
+    assert isinstance(done, AnswerDone)
+    return events, done
+
+
+def assert_same_choices(ours: list[int], theirs: list[int], margins: list[float]) -> None:
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        if a != b:
+            assert margins[i] < MARGIN_TOLERANCE, f"step {i}: {a} != {b} with margin {margins[i]:.2e}"
+            return  # a near-tie flipped: what follows is a different, equally valid, continuation
+    assert len(ours) == len(theirs)
+
+
+def one_turn(loaded, harness, case: str):
+    session = OmniSession(loaded)
+    conversation = harness.conversation(case)
+    session.add_user_turn(*conversation.turns[0].parts)
+    return session, *run(session, greedy_settings(harness))
+
+
+@pytest.mark.parametrize("case", [c for c in HARNESS_CASES if c != "second_turn"])
+def test_tokens_codes_and_audio_equal_transformers(loaded, harness, case):
+    session, events, done = one_turn(loaded, harness, case)
+    reference = harness.result(case)
+    assert session.thinker.ids[: len(reference.prompt_ids)] == reference.prompt_ids
+    assert_same_choices(done.tokens, reference.thinker_tokens, done.token_margins)
+    if done.tokens == reference.thinker_tokens:
+        assert_same_choices(done.codes, reference.talker_codes, done.code_margins)
+    if done.codes == reference.talker_codes:
+        # Short answers fit one token2wav chunk: decoded in one shot, so the very same waveform.
+        audio = np.concatenate([e.samples for e in events if isinstance(e, AudioChunk)])
+        np.testing.assert_array_equal(audio, reference.waveform)
+    text = "".join(e.text for e in events if isinstance(e, TextDelta))
+    assert text == done.text == loaded.processor.tokenizer.decode(done.tokens, skip_special_tokens=True)
+
+
+def test_second_turn_reuses_the_cache(loaded, harness):
+    session = OmniSession(loaded)
+    conversation = harness.conversation("text")
+    session.add_user_turn(*conversation.turns[0].parts)
+    _, first = run(session, greedy_settings(harness))
+    cache_before = session.thinker.cache.get_seq_length()
+    kept = list(session.thinker.ids)
+    session.add_user_turn(Text("And how many people live there?"))
+    # The first turn's cache is extended, not rebuilt.
+    assert session.thinker.ids[: len(kept)] == kept and session.thinker.cache.get_seq_length() > cache_before
+    prompt = list(session.thinker.ids)
+    _, second = run(session, greedy_settings(harness))
+    # transformers sees the whole conversation as one prompt: exactly the ids our cache holds.
+    follow_up = harness.conversation("second_turn")
+    reference = reference_generate(
+        loaded,
+        follow_up,
+        max_new_tokens=harness.max_new_tokens,
+        talker=TalkerSampling(greedy=True),
+        noise_seed=harness.noise_seed,
+        prompt_ids=prompt,
+    )
+    assert_same_choices(second.tokens, reference.thinker_tokens, second.token_margins)
+    if second.tokens == reference.thinker_tokens:
+        assert_same_choices(second.codes, reference.talker_codes, second.code_margins)
+    assert first.tokens != second.tokens
+
+
+def test_second_turn_prompt_is_the_chat_template(loaded, harness):
+    """The cached ids of two turns are the template's rendering of the same conversation, token for token,
+    whenever the first answer's text re-tokenises to its own ids."""
+    session = OmniSession(loaded)
+    session.add_user_turn(Text(harness.conversation("text").turns[0].parts[0].text))
+    _, first = run(session, greedy_settings(harness, text_only=True))
+    session.add_user_turn(Text("And how many people live there?"))
+    tokenizer = loaded.processor.tokenizer
+    answer_ids = first.tokens[:-1] if first.tokens[-1] == C.IM_END_ID else first.tokens
+    if tokenizer(tokenizer.decode(answer_ids)).input_ids != answer_ids:
+        pytest.skip("this answer's text does not re-tokenise to its own ids")
+    conversation = harness.conversation("text")
+    conversation.add_assistant(first.text)
+    conversation.add_user(Text("And how many people live there?"))
+    from model.reference import prepare_inputs
+
+    assert session.thinker.ids == prepare_inputs(loaded.processor, conversation)["input_ids"][0].tolist()
+
+
+def test_text_only_answer_has_no_audio_and_same_text(loaded, harness):
+    session = OmniSession(loaded)
+    session.add_user_turn(*harness.conversation("text").turns[0].parts)
+    events, done = run(session, greedy_settings(harness, text_only=True))
+    assert not any(isinstance(e, AudioChunk) for e in events)
+    assert done.codes == [] and done.tokens == harness.result("text").thinker_tokens
+
+
+def test_audio_streams_before_the_answer_ends(loaded, harness):
+    """A longer answer comes out in several chunks, the first after 36 codes, and has the reference length."""
+    session = OmniSession(loaded)
+    session.add_user_turn(*harness.conversation("audio").turns[0].parts)
+    events, done = run(session, greedy_settings(harness, max_new_tokens=80))
+    chunks = [i for i, e in enumerate(events) if isinstance(e, AudioChunk)]
+    deltas = [i for i, e in enumerate(events) if isinstance(e, TextDelta)]
+    assert len(chunks) >= 2
+    assert chunks[0] < deltas[-1], "the first audio must leave before the last text"
+    total = sum(len(events[i].samples) for i in chunks)
+    assert total == len(done.codes) * C.OUTPUT_SAMPLE_RATE // C.CODES_PER_SECOND
+    assert done.timings.first_audio < done.timings.total
+
+
+def test_interrupt_stops_within_a_step_and_keeps_what_was_said(loaded, harness):
+    session = OmniSession(loaded)
+    session.add_user_turn(*harness.conversation("text").turns[0].parts)
+    seen = []
+    for event in session.respond(greedy_settings(harness, max_new_tokens=200)):
+        seen.append(event)
+        if isinstance(event, TextDelta) and len([e for e in seen if isinstance(e, TextDelta)]) == 3:
+            threading.Thread(target=session.interrupt).start()
+            threading.Event().wait(0.2)
+    done = seen[-1]
+    assert done.interrupted and 3 <= len(done.tokens) < 10  # stopped at once, not after 200 tokens
+    # The session goes on: the next turn starts right after what was said.
+    session.add_user_turn(Text("Go on."))
+    assert session.thinker.ids.count(C.IM_START_ID) == 5  # system, user, assistant, user, assistant
+    _, after = run(session, greedy_settings(harness, max_new_tokens=4, text_only=True))
+    assert not after.interrupted and after.tokens
+
+
+def test_unknown_voice_is_refused(loaded, harness):
+    session = OmniSession(loaded)
+    session.add_user_turn(Text("Hi"))
+    with pytest.raises(ValueError, match="Unknown voice"):
+        run(session, greedy_settings(harness, voice="Nobody"))
