@@ -130,6 +130,7 @@ def reference_generate(
     seed: int | None = 0,
     noise_seed: int | None = None,
     prompt_ids: list[int] | None = None,
+    audio_features: torch.Tensor | None = None,
 ) -> ReferenceResult:
     """One answer from transformers' generate. `noise_seed` fixes token2wav's starting noise: it is
     `torch.randn((1, 2 * len(codes), 80))` drawn on the model's device right after `torch.manual_seed`."""
@@ -142,6 +143,12 @@ def reference_generate(
             raise ValueError("prompt_ids replaces the prompt of text-only conversations only")
         ids = torch.tensor([prompt_ids], device=loaded.device)
         inputs["input_ids"], inputs["attention_mask"] = ids, torch.ones_like(ids)
+    if audio_features is not None:  # (128, frames): e.g. the live path's per-window log-mel of the one audio
+        mask = inputs["feature_attention_mask"]
+        if mask.shape[0] != 1 or int(mask.sum()) != audio_features.shape[-1]:
+            raise ValueError("audio_features must replace exactly one audio's features, frame for frame")
+        inputs["input_features"] = audio_features[None].to(loaded.device)
+        inputs["feature_attention_mask"] = torch.ones((1, audio_features.shape[-1]), dtype=mask.dtype, device=mask.device)
     for key in ("input_features", "pixel_values", "pixel_values_videos"):
         if key in inputs:
             inputs[key] = inputs[key].to(loaded.dtype)

@@ -18,7 +18,9 @@ import numpy as np
 import torch
 
 from model import constants as C
-from model.conversation import Audio, Conversation, Image, Part, Text, Video
+from model.conversation import Audio, Conversation, Part, Text
+from model.live_input import FRAMES_PER_WINDOW, SAMPLES_PER_WINDOW, LiveTurn
+from model.processing import audio_token_count
 from model.sampling import TALKER_DEFAULT, THINKER_DEFAULT, Sampling, TokenChooser
 from model.talker_stream import TalkerStream
 from model.thinker_stream import Segment, ThinkerStream
@@ -109,6 +111,9 @@ class OmniSession:
         self._closing: list[int] = []  # the last answer's unfed tail (its last token, if not <|im_end|>)
         self.turns = 0
         self._interrupt = threading.Event()
+        self._live: LiveTurn | None = None
+        self._live_offset = 0  # rope id where the live turn's prompt starts
+        self.last_live_features: torch.Tensor | None = None  # the last live turn's per-window log-mel
 
     def interrupt(self) -> None:
         """Stops the running answer at its next decode step (safe from any thread). The answer's text up to
@@ -186,6 +191,136 @@ class OmniSession:
         segment = self.encode_segment(self._turn_text(list(parts)), list(parts))
         self._logits = self.thinker.prefill(segment)
         self.turns += 1
+
+    # ------------------------------------------------------------------ live input
+
+    def feed_audio(self, samples: np.ndarray) -> None:
+        """Live microphone audio (16 kHz mono float32, any chunk size); complete 2 s windows are prefilled."""
+        live = self._live_turn()
+        live.audio.append(np.asarray(samples, dtype=np.float32))
+        live.audio_samples += len(samples)
+        self._prefill_ready_windows()
+
+    def feed_frame(self, frame: np.ndarray, seconds: float) -> None:
+        """A live camera frame (RGB uint8) taken `seconds` after the turn began; kept at 2 fps."""
+        live = self._live_turn()
+        if seconds + 1e-6 < live.next_frame_time:
+            return
+        live.frames.append(np.asarray(frame, dtype=np.uint8))
+        live.next_frame_time = len(live.frames) / C.VIDEO_FPS
+        self._prefill_ready_windows()
+
+    def end_user_turn(self) -> None:
+        """The user stopped: encode the unfinished last window, close the turn, ready to `respond`."""
+        live = self._live
+        if live is None or (live.audio_samples == 0 and not live.frames):
+            raise ValueError("The live turn has no audio and no frames.")
+        self._prefill_ready_windows()
+        rest_audio = live.audio_samples - live.windows_done * SAMPLES_PER_WINDOW
+        rest_frames = len(live.frames) - live.windows_done * FRAMES_PER_WINDOW
+        if rest_audio >= 160 or rest_frames > 0:  # 160 samples: one mel frame
+            self._prefill_window(live.windows_done, final=True)
+        closing = self._closing_text(live)
+        self._logits = self._prefill_live_tokens(live, self.processor.tokenizer(closing).input_ids)
+        self.last_live_features = torch.cat(live.features, dim=-1) if live.features else None
+        self._live = None
+        self.turns += 1
+
+    def _live_turn(self) -> LiveTurn:
+        if self._live is None:
+            if self._closing:
+                self.thinker.prefill(self.thinker.text_segment(self._closing))
+                self._closing = []
+            self._live = LiveTurn()
+            self._live_offset = self.thinker.next_position
+        return self._live
+
+    def _turn_frame(self) -> tuple[str, str]:
+        """The text before and after a user turn's content (chat template), for this point of the conversation."""
+        marker = "\x00"
+        text = self._turn_text([Text(marker)])
+        head, tail = text.split(marker)
+        return head, tail
+
+    def _closing_text(self, live: LiveTurn) -> str:
+        closers = ("<|audio_eos|>" if live.audio_frames else "") + ("<|vision_eos|>" if live.video_grids else "")
+        return closers + self._turn_frame()[1]
+
+    def _prefill_ready_windows(self) -> None:
+        live = self._live
+        while live.window_ready(live.windows_done):
+            self._prefill_window(live.windows_done, final=False)
+            live.windows_done += 1
+
+    @torch.no_grad()
+    def _prefill_window(self, index: int, final: bool) -> None:
+        """Encodes window `index` (its audio, its frame pairs) and prefills its tokens: video, then audio."""
+        live = self._live
+        tokenizer = self.processor.tokenizer
+        ids: list[int] = []
+        audio = live.audio_array()[index * SAMPLES_PER_WINDOW : (index + 1) * SAMPLES_PER_WINDOW]
+        frames = live.frames[index * FRAMES_PER_WINDOW : (index + 1) * FRAMES_PER_WINDOW]
+        if not live.started:
+            head = self._turn_frame()[0]
+            openers = ("<|vision_bos|>" if frames else "") + ("<|audio_bos|>" if len(audio) else "")
+            ids += tokenizer(head + openers).input_ids
+            live.started = True
+        thinker = self.model.thinker
+        dtype = self.thinker.embed(torch.tensor([[0]], device=self.thinker.device)).dtype
+        features = []
+        if frames:
+            if len(frames) % 2:  # frame pairs: an odd tail repeats its last frame, as the processor does
+                frames = frames + frames[-1:]
+            video = self.processor.video_processor([np.stack(frames)])
+            grid = video["video_grid_thw"].to(self.thinker.device)
+            live.video_grid_hw = tuple(grid[0, 1:].tolist())
+            out = thinker.model.get_video_features(video["pixel_values_videos"].to(self.thinker.device, dtype), grid)
+            video_features = torch.cat(out.pooler_output, dim=0)
+            ids += [C.VIDEO_TOKEN_ID] * video_features.shape[0]
+            live.video_grids += int(grid[0, 0])
+            features.append((C.VIDEO_TOKEN_ID, video_features))
+        if len(audio) >= 160:
+            mel, _ = self.processor._audio_features([audio])
+            mask = mel["feature_attention_mask"].to(self.thinker.device)
+            frames_count = int(mask.sum())
+            mel_features = mel["input_features"][..., :frames_count]
+            live.features.append(mel_features[0])
+            out = thinker.model.get_audio_features(
+                mel_features.to(self.thinker.device, dtype), mask[:, :frames_count]
+            ).last_hidden_state
+            ids += [C.AUDIO_TOKEN_ID] * audio_token_count(frames_count)
+            live.audio_frames += frames_count
+            features.append((C.AUDIO_TOKEN_ID, out))
+        self._prefill_live_tokens(live, ids, features)
+
+    def _prefill_live_tokens(self, live: LiveTurn, new_ids: list[int], features=()) -> torch.Tensor:
+        """Prefills `new_ids` (media placeholders filled with `features`) at their TMRoPE ids, computed by
+        transformers' get_rope_index over the whole turn so far plus its closing tokens: ids already placed
+        do not depend on what follows, so every window gets the ids the whole turn would give it."""
+        if not new_ids:
+            return None
+        start = len(live.ids)
+        live.ids += new_ids
+        closing = self.processor.tokenizer(self._closing_text(live)).input_ids
+        all_ids = torch.tensor([live.ids + closing], device=self.thinker.device)
+        grid = None
+        if live.video_grids:
+            grid = torch.tensor([[live.video_grids, *live.video_grid_hw]], device=self.thinker.device)
+        positions, _ = self.model.thinker.model.get_rope_index(
+            all_ids,
+            None,
+            grid,
+            torch.ones_like(all_ids),
+            bool(live.video_grids and live.audio_frames),
+            torch.tensor([live.audio_frames], device=self.thinker.device) if live.audio_frames else None,
+            torch.tensor([2 / C.VIDEO_FPS], device=self.thinker.device) if live.video_grids else None,
+        )
+        ids = torch.tensor([new_ids], dtype=torch.long, device=self.thinker.device)
+        embeds = self.thinker.embed(ids)
+        for token_id, values in features:
+            embeds = embeds.masked_scatter((ids == token_id).unsqueeze(-1), values.to(embeds.dtype))
+        segment = Segment(ids, embeds, positions[:, :, start : start + len(new_ids)] + self._live_offset)
+        return self.thinker.prefill(segment)
 
     def _feed_talker_prompt(self) -> None:
         states = self.thinker.talker_states[self._talker_fed :]
