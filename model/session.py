@@ -96,7 +96,13 @@ class TextStreamer:
 
 
 class OmniSession:
-    def __init__(self, loaded, system_prompt: str = C.AUDIO_SYSTEM_PROMPT, use_audio_in_video: bool = True):
+    def __init__(
+        self,
+        loaded,
+        system_prompt: str = C.AUDIO_SYSTEM_PROMPT,
+        use_audio_in_video: bool = True,
+        prefill_talker: bool = True,
+    ):
         self.loaded = loaded
         self.model = loaded.model
         self.processor = loaded.processor
@@ -104,6 +110,8 @@ class OmniSession:
         # One layout for every video of the conversation, as transformers requires; a video without sound
         # is laid out without audio either way.
         self.use_audio_in_video = use_audio_in_video
+        # Feed the talker's prompt as input arrives (off: only when a spoken answer is asked for).
+        self.prefill_talker = prefill_talker
         self.thinker = ThinkerStream(self.model.thinker)
         self.talker = TalkerStream(self.model.talker) if hasattr(self.model, "talker") else None
         self._talker_fed = 0  # entries of thinker.talker_states already in the talker's cache
@@ -191,6 +199,7 @@ class OmniSession:
         segment = self.encode_segment(self._turn_text(list(parts)), list(parts))
         self._logits = self.thinker.prefill(segment)
         self.turns += 1
+        self._feed_talker_prompt()
 
     # ------------------------------------------------------------------ live input
 
@@ -225,6 +234,7 @@ class OmniSession:
         self.last_live_features = torch.cat(live.features, dim=-1) if live.features else None
         self._live = None
         self.turns += 1
+        self._feed_talker_prompt()
 
     def _live_turn(self) -> LiveTurn:
         if self._live is None:
@@ -251,6 +261,7 @@ class OmniSession:
         while live.window_ready(live.windows_done):
             self._prefill_window(live.windows_done, final=False)
             live.windows_done += 1
+            self._feed_talker_prompt()  # the talker's prompt too, so the answer starts with little to do
 
     @torch.no_grad()
     def _prefill_window(self, index: int, final: bool) -> None:
@@ -322,7 +333,11 @@ class OmniSession:
         segment = Segment(ids, embeds, positions[:, :, start : start + len(new_ids)] + self._live_offset)
         return self.thinker.prefill(segment)
 
-    def _feed_talker_prompt(self) -> None:
+    def _feed_talker_prompt(self, now: bool = False) -> None:
+        """Prefills the talker with the thinker states it has not seen yet (its prompt is the conversation);
+        as input arrives when `prefill_talker` is on, else `now`, when a spoken answer starts."""
+        if self.talker is None or not (self.prefill_talker or now):
+            return
         states = self.thinker.talker_states[self._talker_fed :]
         if states:
             positions = self.thinker.state_positions[self._talker_fed :]
@@ -349,7 +364,7 @@ class OmniSession:
         speaking = not settings.text_only and self.talker is not None
         talk = TokenChooser(settings.talker, suppress=(C.CODEC_BOS_ID,), generator=generator, device=device)
         if speaking:
-            self._feed_talker_prompt()
+            self._feed_talker_prompt(now=True)
             voice = voices[settings.voice]
             speech = StreamingToken2Wav(
                 self.model.token2wav,
