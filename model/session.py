@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -61,7 +61,24 @@ class AnswerDone:
     code_margins: list[float] = field(default_factory=list)
 
 
-Event = TextDelta | AudioChunk | AnswerDone
+@dataclass
+class ContextTrimmed:
+    """The conversation outgrew the model's positions: its oldest exchanges were dropped."""
+
+    dropped_turns: int
+    message: str
+
+
+Event = TextDelta | AudioChunk | AnswerDone | ContextTrimmed
+
+
+@dataclass
+class _Record:
+    """One piece of the conversation as it was given, to rebuild the caches without the oldest turns."""
+
+    kind: str  # "user" (parts), "live" (audio, frames) or "answer" (tokens)
+    payload: object
+    span: int = 0  # rope ids it used
 
 
 @dataclass
@@ -102,6 +119,7 @@ class OmniSession:
         system_prompt: str = C.AUDIO_SYSTEM_PROMPT,
         use_audio_in_video: bool = True,
         prefill_talker: bool = True,
+        max_positions: int | None = None,
     ):
         self.loaded = loaded
         self.model = loaded.model
@@ -122,6 +140,11 @@ class OmniSession:
         self._live: LiveTurn | None = None
         self._live_offset = 0  # rope id where the live turn's prompt starts
         self.last_live_features: torch.Tensor | None = None  # the last live turn's per-window log-mel
+        # The rope ids the thinker was trained with; the conversation is trimmed before it would pass them.
+        self.max_positions = max_positions or self.model.thinker.config.text_config.max_position_embeddings
+        self._records: list[_Record] = []
+        self._record_start = 0  # next_position where the record being built began
+        self._replaying = False
 
     def interrupt(self) -> None:
         """Stops the running answer at its next decode step (safe from any thread). The answer's text up to
@@ -196,9 +219,17 @@ class OmniSession:
         if self._closing:
             self.thinker.prefill(self.thinker.text_segment(self._closing))
             self._closing = []
+        start = self.thinker.next_position
         segment = self.encode_segment(self._turn_text(list(parts)), list(parts))
+        span = int(segment.position_ids.max()) + 1 - start
+        if span + 1 > self.max_positions // 2:
+            raise ValueError(
+                f"This input needs {span} positions; the model holds {self.max_positions} in all. "
+                "Send a shorter recording or video."
+            )
         self._logits = self.thinker.prefill(segment)
         self.turns += 1
+        self._record("user", list(parts), start)
         self._feed_talker_prompt()
 
     # ------------------------------------------------------------------ live input
@@ -234,6 +265,7 @@ class OmniSession:
         self.last_live_features = torch.cat(live.features, dim=-1) if live.features else None
         self._live = None
         self.turns += 1
+        self._record("live", (live.audio_array(), list(live.frames)), self._live_offset)
         self._feed_talker_prompt()
 
     def _live_turn(self) -> LiveTurn:
@@ -243,6 +275,9 @@ class OmniSession:
                 self._closing = []
             self._live = LiveTurn()
             self._live_offset = self.thinker.next_position
+            if self._live_offset + self.max_positions // 4 > self.max_positions and not self._replaying:
+                self._trim(keep_last=0)  # make room before the user's speech goes in
+                self._live_offset = self.thinker.next_position
         return self._live
 
     def _turn_frame(self) -> tuple[str, str]:
@@ -333,6 +368,54 @@ class OmniSession:
         segment = Segment(ids, embeds, positions[:, :, start : start + len(new_ids)] + self._live_offset)
         return self.thinker.prefill(segment)
 
+    # ------------------------------------------------------------------ context limit
+
+    def _record(self, kind: str, payload, start: int) -> None:
+        if not self._replaying:
+            self._records.append(_Record(kind, payload, self.thinker.next_position - start))
+
+    def _trim(self, keep_last: int, room: int = 0) -> int:
+        """Drops the oldest exchanges until the rest plus `room` fits in half the positions, then rebuilds
+        the caches from what is kept (the last `keep_last` records always stay). Returns turns dropped."""
+        records, budget = self._records, self.max_positions // 2 - room
+        first = 0
+        while first < len(records) - keep_last and sum(r.span for r in records[first:]) > budget:
+            first += 1
+            while first < len(records) - keep_last and records[first].kind == "answer":
+                first += 1  # an answer goes with its question
+        kept = records[first:]
+        self.thinker = ThinkerStream(self.model.thinker)
+        self.talker = TalkerStream(self.model.talker) if self.talker is not None else None
+        self._talker_fed, self._closing, self.turns, self._logits = 0, [], 0, None
+        self._records = []
+        for record in kept:
+            start = self.thinker.next_position
+            self._replaying = True
+            try:
+                if record.kind == "user":
+                    self.add_user_turn(*record.payload)
+                elif record.kind == "live":
+                    audio, frames = record.payload
+                    for index, frame in enumerate(frames):
+                        self.feed_frame(frame, index / C.VIDEO_FPS)
+                    if len(audio):
+                        self.feed_audio(audio)
+                    self.end_user_turn()
+                else:
+                    self._replay_answer(record.payload)
+            finally:
+                self._replaying = False
+            self._records.append(_Record(record.kind, record.payload, self.thinker.next_position - start))
+        return sum(1 for r in records[:first] if r.kind != "answer")
+
+    def _replay_answer(self, tokens: list[int]) -> None:
+        fed = tokens[:-1]
+        if fed:
+            self.thinker.prefill(self.thinker.text_segment(fed))
+        self._closing = [] if not tokens or tokens[-1] == C.IM_END_ID else [tokens[-1]]
+        self._logits = None
+        self._feed_talker_prompt()
+
     def _feed_talker_prompt(self, now: bool = False) -> None:
         """Prefills the talker with the thinker states it has not seen yet (its prompt is the conversation);
         as input arrives when `prefill_talker` is on, else `now`, when a spoken answer starts."""
@@ -351,6 +434,11 @@ class OmniSession:
         settings = settings or AnswerSettings()
         if self._logits is None:
             raise RuntimeError("add a user turn before asking for an answer")
+        if self.thinker.next_position + settings.max_new_tokens + 2 > self.max_positions:
+            dropped = self._trim(keep_last=1, room=settings.max_new_tokens)
+            yield ContextTrimmed(dropped, f"The conversation was too long for the model; its {dropped} oldest turns were dropped.")
+            if self.thinker.next_position + settings.max_new_tokens + 2 > self.max_positions:
+                settings = replace(settings, max_new_tokens=self.max_positions - self.thinker.next_position - 2)
         voices = self.loaded.voices
         if settings.voice not in voices:
             raise ValueError(f"Unknown voice {settings.voice!r}; this checkpoint has {', '.join(sorted(voices))}.")
@@ -386,6 +474,7 @@ class OmniSession:
         history = torch.tensor([self.thinker.ids], device=device)
         logits = self._logits
         self._logits = None
+        answer_start = self.thinker.next_position
         self._interrupt.clear()
         interrupted = False
 
@@ -433,6 +522,7 @@ class OmniSession:
 
         # The last token was chosen but never fed; the next turn starts with it (unless it is <|im_end|>).
         self._closing = [] if not tokens or tokens[-1] == C.IM_END_ID else [tokens[-1]]
+        self._records.append(_Record("answer", list(tokens), self.thinker.next_position - answer_start))
         if speaking and interrupted:
             self.talker.end_answer()
         elif speaking:

@@ -163,3 +163,33 @@ def test_unknown_voice_is_refused(loaded, harness):
     session.add_user_turn(Text("Hi"))
     with pytest.raises(ValueError, match="Unknown voice"):
         run(session, greedy_settings(harness, voice="Nobody"))
+
+
+def test_context_limit_drops_the_oldest_turns(loaded, harness):
+    from model.session import ContextTrimmed
+
+    limit = 260  # the tiny model holds 32768 like the real ones; a small limit makes the test quick
+    session = OmniSession(loaded, max_positions=limit)
+    trims, questions = [], [f"Question number {i}?" for i in range(6)]
+    for question in questions:
+        session.add_user_turn(Text(question))
+        events, done = run(session, greedy_settings(harness, text_only=True))
+        trims += [e for e in events if isinstance(e, ContextTrimmed)]
+        assert session.thinker.next_position <= limit
+        assert session.thinker.cache.get_seq_length() == session.thinker.length  # positions and cache agree
+    assert trims and all(t.dropped_turns >= 1 and "dropped" in t.message for t in trims)
+    text = loaded.processor.tokenizer.decode(session.thinker.ids)
+    assert text.startswith(f"<|im_start|>system\n{C.AUDIO_SYSTEM_PROMPT}<|im_end|>")
+    assert questions[-1] in text and questions[0] not in text
+    # What is kept is a well-formed conversation: one system turn, then user/assistant pairs.
+    roles = [part.split("\n", 1)[0] for part in text.split("<|im_start|>")[1:]]
+    assert roles[0] == "system" and roles[1::2] == ["user"] * len(roles[1::2])
+    assert roles[2::2] == ["assistant"] * len(roles[2::2])
+
+
+def test_an_input_too_long_for_the_context_is_refused(loaded):
+    session = OmniSession(loaded, max_positions=120)
+    with pytest.raises(ValueError, match="needs .* positions"):
+        session.add_user_turn(Text("word " * 200))
+    session.add_user_turn(Text("Short."))  # the session goes on
+    assert session.turns == 1
