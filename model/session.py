@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from model import constants as C
-from model.conversation import Audio, Conversation, Part, Text
+from model.conversation import Audio, Conversation, Part, Text, Video
 from model.live_input import FRAMES_PER_WINDOW, SAMPLES_PER_WINDOW, LiveTurn
 from model.processing import audio_token_count
 from model.sampling import TALKER_DEFAULT, THINKER_DEFAULT, Sampling, TokenChooser
@@ -249,6 +249,28 @@ class OmniSession:
         live.frames.append(np.asarray(frame, dtype=np.uint8))
         live.next_frame_time = len(live.frames) / C.VIDEO_FPS
         self._prefill_ready_windows()
+
+    def feed_live(self, *parts: Part, chunk_samples: int = 1600) -> None:
+        """Feeds recorded audio and video parts as one live stream in real-time order (audio in 0.1 s chunks,
+        each frame once its time has come) and ends the turn: the `--live` path for files."""
+        audio = [p.samples for p in parts if isinstance(p, Audio)]
+        videos = [p.clip for p in parts if isinstance(p, Video)]
+        if len(videos) > 1 or len(audio) + len(videos) != len(parts):
+            raise ValueError("A live turn is audio and at most one video (the camera).")
+        clip = videos[0] if videos else None
+        if clip is not None and clip.audio is not None:
+            audio.append(clip.audio)
+        sound = np.concatenate(audio) if audio else np.zeros(0, np.float32)
+        frames = [] if clip is None else list(zip(clip.frames, clip.timestamps))
+        end = max(len(sound), int((frames[-1][1] + 0.5) * C.INPUT_SAMPLE_RATE) if frames else 0)
+        for start in range(0, end, chunk_samples):
+            while frames and frames[0][1] <= start / C.INPUT_SAMPLE_RATE + 1e-9:
+                self.feed_frame(*frames.pop(0))
+            if start < len(sound):
+                self.feed_audio(sound[start : start + chunk_samples])
+        for frame, seconds in frames:
+            self.feed_frame(frame, float(seconds))
+        self.end_user_turn()
 
     def end_user_turn(self) -> None:
         """The user stopped: encode the unfinished last window, close the turn, ready to `respond`."""
