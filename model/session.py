@@ -91,8 +91,10 @@ class AnswerSettings:
     talker: Sampling = field(default_factory=lambda: TALKER_DEFAULT)
     seed: int | None = None
     noise_seed: int | None = None  # token2wav's starting noise (fixed for reproducible audio)
-    first_chunk_frames: int = 48
+    first_chunk_frames: int = 48  # mel frames (2 per code); multiples of the DiT block (24)
     chunk_frames: int = 48
+    solver: str = "rk4"  # "rk4" (the reference) or "euler" (a quarter of the DiT passes)
+    num_steps: int = 10  # ODE time points
 
 
 class TextStreamer:
@@ -482,6 +484,8 @@ class OmniSession:
                 noise=settings.noise_seed,
                 first_chunk_frames=settings.first_chunk_frames,
                 chunk_frames=settings.chunk_frames,
+                solver=settings.solver,
+                num_steps=settings.num_steps,
             )
             embed = self.thinker.embed
             bos_embed = embed(torch.tensor([[voice["bos_token"]]], device=device))

@@ -193,3 +193,13 @@ def test_an_input_too_long_for_the_context_is_refused(loaded):
         session.add_user_turn(Text("word " * 200))
     session.add_user_turn(Text("Short."))  # the session goes on
     assert session.turns == 1
+
+
+def test_token2wav_settings_reach_the_decoder(loaded, harness):
+    session = OmniSession(loaded)
+    session.add_user_turn(*harness.conversation("text").turns[0].parts)
+    events, done = run(session, greedy_settings(harness, solver="euler", num_steps=4))
+    euler = np.concatenate([e.samples for e in events if isinstance(e, AudioChunk)])
+    assert done.codes == harness.result("text").talker_codes  # same codes, other solver
+    assert len(euler) == len(harness.result("text").waveform)
+    assert not np.array_equal(euler, harness.result("text").waveform)
