@@ -40,7 +40,8 @@ class AudioChunk:
 
 @dataclass
 class Timings:
-    """Seconds from the end of the user's input (the call to `respond`)."""
+    """Seconds from the end of the user's input: the call to `end_user_turn` (live) or `add_user_turn`,
+    so the encoding and prefill of what was left when the user stopped count too."""
 
     first_text: float | None = None
     first_audio: float | None = None
@@ -147,6 +148,7 @@ class OmniSession:
         self._records: list[_Record] = []
         self._record_start = 0  # next_position where the record being built began
         self._replaying = False
+        self._input_ended: float | None = None  # when the user's turn ended: the timings' zero
 
     def interrupt(self) -> None:
         """Stops the running answer at its next decode step (safe from any thread). The answer's text up to
@@ -218,6 +220,8 @@ class OmniSession:
 
     def add_user_turn(self, *parts: Part) -> None:
         """Prefills a whole user turn (text, audio, images, videos) and the assistant's prompt."""
+        if not self._replaying:
+            self._input_ended = time.perf_counter()
         if self._closing:
             self.thinker.prefill(self.thinker.text_segment(self._closing))
             self._closing = []
@@ -276,6 +280,7 @@ class OmniSession:
 
     def end_user_turn(self) -> None:
         """The user stopped: encode the unfinished last window, close the turn, ready to `respond`."""
+        self._input_ended = time.perf_counter()
         live = self._live
         if live is None or (live.audio_samples == 0 and not live.frames):
             raise ValueError("The live turn has no audio and no frames.")
@@ -466,7 +471,8 @@ class OmniSession:
         voices = self.loaded.voices
         if settings.voice not in voices:
             raise ValueError(f"Unknown voice {settings.voice!r}; this checkpoint has {', '.join(sorted(voices))}.")
-        started = time.perf_counter()
+        started = self._input_ended or time.perf_counter()
+        self._input_ended = None
         timings = Timings()
         device = self.thinker.device
         generator = None
