@@ -534,37 +534,48 @@ class OmniSession:
             codes.append(code)
             yield from audio_events(speech.feed([code]))
 
-        while True:
-            if self._interrupt.is_set():
-                interrupted = True
-                break
-            token = think.choose(logits, history)
-            tokens.append(token)
-            if timings.first_text is None:
-                timings.first_text = time.perf_counter() - started
-            delta = text.add(token)
-            if delta:
-                yield TextDelta(delta)
-            if token == C.IM_END_ID or len(tokens) >= settings.max_new_tokens:
-                break
-            logits, state = self.thinker.step(token)
-            history = torch.cat([history, torch.tensor([[token]], device=device)], dim=1)
-            if not talker_done:
-                yield from talk_step(state)
+        settled = False
 
-        # The last token was chosen but never fed; the next turn starts with it (unless it is <|im_end|>).
-        self._closing = [] if not tokens or tokens[-1] == C.IM_END_ID else [tokens[-1]]
-        self._records.append(_Record("answer", list(tokens), self.thinker.next_position - answer_start))
-        if speaking and interrupted:
-            self.talker.end_answer()
-        elif speaking:
-            # The thinker is done: the talker reads text EOS once, then text PAD until it ends.
-            reply = text_eos
-            while not talker_done and code_logits is not None and not self._interrupt.is_set():
-                yield from talk_step(reply)
-                reply = text_pad
-            yield from audio_events(speech.flush())
-            self.talker.end_answer()
+        def settle() -> None:
+            """Leaves the conversation consistent, also when the consumer stops early (a closed tab)."""
+            nonlocal settled
+            if settled:
+                return
+            settled = True
+            # The last token was chosen but never fed; the next turn starts with it (unless <|im_end|>).
+            self._closing = [] if not tokens or tokens[-1] == C.IM_END_ID else [tokens[-1]]
+            self._records.append(_Record("answer", list(tokens), self.thinker.next_position - answer_start))
+            if speaking:
+                self.talker.end_answer()
+
+        try:
+            while True:
+                if self._interrupt.is_set():
+                    interrupted = True
+                    break
+                token = think.choose(logits, history)
+                tokens.append(token)
+                if timings.first_text is None:
+                    timings.first_text = time.perf_counter() - started
+                delta = text.add(token)
+                if delta:
+                    yield TextDelta(delta)
+                if token == C.IM_END_ID or len(tokens) >= settings.max_new_tokens:
+                    break
+                logits, state = self.thinker.step(token)
+                history = torch.cat([history, torch.tensor([[token]], device=device)], dim=1)
+                if not talker_done:
+                    yield from talk_step(state)
+
+            if speaking and not interrupted:
+                # The thinker is done: the talker reads text EOS once, then text PAD until it ends.
+                reply = text_eos
+                while not talker_done and code_logits is not None and not self._interrupt.is_set():
+                    yield from talk_step(reply)
+                    reply = text_pad
+                yield from audio_events(speech.flush())
+        finally:
+            settle()
         timings.total = time.perf_counter() - started
         timings.tokens, timings.codes = len(tokens), len(codes)
         answer = text.tokenizer.decode(tokens, skip_special_tokens=True)

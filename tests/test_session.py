@@ -203,3 +203,18 @@ def test_token2wav_settings_reach_the_decoder(loaded, harness):
     assert done.codes == harness.result("text").talker_codes  # same codes, other solver
     assert len(euler) == len(harness.result("text").waveform)
     assert not np.array_equal(euler, harness.result("text").waveform)
+
+
+def test_abandoned_answer_leaves_the_session_usable(loaded, harness):
+    """A consumer that stops reading (a closed browser tab) must not leave the caches mid-answer."""
+    session = OmniSession(loaded)
+    session.add_user_turn(*harness.conversation("text").turns[0].parts)
+    answer = session.respond(greedy_settings(harness, max_new_tokens=50))
+    for event in answer:
+        if isinstance(event, AudioChunk) or len(session.talker.codes) >= 3:
+            break
+    answer.close()
+    assert session.talker.length == session.talker.prompt_length  # the answer's talker positions are gone
+    session.add_user_turn(Text("Still there?"))
+    _, done = run(session, greedy_settings(harness, max_new_tokens=4))
+    assert done.tokens and done.codes
