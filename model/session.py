@@ -146,7 +146,6 @@ class OmniSession:
         # The rope ids the thinker was trained with; the conversation is trimmed before it would pass them.
         self.max_positions = max_positions or self.model.thinker.config.text_config.max_position_embeddings
         self._records: list[_Record] = []
-        self._record_start = 0  # next_position where the record being built began
         self._replaying = False
         self._input_ended: float | None = None  # when the user's turn ended: the timings' zero
 
