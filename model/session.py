@@ -1,8 +1,9 @@
 """A streaming conversation with Qwen2.5-Omni: input in as it comes, text and speech out as they are made.
 
 One `OmniSession` holds one conversation: the thinker's KV cache across turns, the talker's cache over the
-conversation so far, and what the next turn must start with. `add_user_turn` prefills a user turn's prompt
-(the encoders run here, so nothing is left for the answer but decoding); `respond` decodes the answer with
+conversation so far, and what the next turn must start with. `add_user_turn` prefills a whole user turn;
+`feed_audio` / `feed_frame` / `end_user_turn` take a live turn and prefill each 2 s window as it completes
+(the encoders run here, so little is left for the answer but decoding); `respond` decodes the answer with
 the thinker and the talker interleaved, the talker one token behind, and turns codes into audio chunk by
 chunk. With greedy decoding its tokens and codes are transformers' own (tests/test_session.py).
 """
