@@ -125,6 +125,8 @@ def reference_generate(
     text_only: bool = False,
     max_new_tokens: int = 256,
     talker_max_new_tokens: int = C.TALKER_MAX_NEW_TOKENS,
+    thinker_min_new_tokens: int = 0,
+    talker_min_new_tokens: int = 0,
     thinker: ThinkerSampling | None = None,
     talker: TalkerSampling | None = None,
     seed: int | None = 0,
@@ -155,6 +157,11 @@ def reference_generate(
     kwargs = dict(inputs)
     kwargs.update((thinker or ThinkerSampling()).generate_kwargs())
     kwargs.update((talker or TalkerSampling()).generate_kwargs())
+    # Forced answer lengths (benchmarks): generate suppresses each stream's EOS ids until then.
+    if thinker_min_new_tokens:
+        kwargs["thinker_min_new_tokens"] = thinker_min_new_tokens
+    if talker_min_new_tokens:
+        kwargs["talker_min_new_tokens"] = talker_min_new_tokens
     # transformers 5.23 forwards the pixel tensors to talker.generate, which refuses them ("model_kwargs are
     # not used"); the talker needs only the grids, for its rope ids.
     for key in ("pixel_values", "pixel_values_videos"):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from transformers.generation.logits_process import (
     LogitsProcessorList,
+    MinNewTokensLengthLogitsProcessor,
     RepetitionPenaltyLogitsProcessor,
     SuppressTokensLogitsProcessor,
     TemperatureLogitsWarper,
@@ -42,7 +43,8 @@ TALKER_DEFAULT = Sampling(
 
 class TokenChooser:
     """Applies one stream's processors and picks a token. `history` holds the ids the repetition penalty
-    sees: transformers penalises every id of the sequence, prompt included."""
+    sees: transformers penalises every id of the sequence, prompt included. `eos` ids are suppressed until
+    `min_new_tokens` have been chosen (transformers' `min_new_tokens`)."""
 
     def __init__(
         self,
@@ -50,12 +52,18 @@ class TokenChooser:
         suppress: tuple[int, ...] = (),
         generator: torch.Generator | None = None,
         device: torch.device | str = "cpu",
+        min_new_tokens: int = 0,
+        eos: tuple[int, ...] = (),
     ):
         self.sampling = sampling
         self.generator = generator
+        self.device = device
         processors = LogitsProcessorList()
         if sampling.repetition_penalty != 1.0:
             processors.append(RepetitionPenaltyLogitsProcessor(sampling.repetition_penalty))
+        # transformers' processor counts new tokens from a prompt length fixed when it is built; here that is
+        # the history the first choice sees, so it is built then, at generate's place in the order.
+        self._min_new = (len(processors), min_new_tokens, eos) if min_new_tokens > 0 and eos else None
         if suppress:
             processors.append(SuppressTokensLogitsProcessor(list(suppress), device=str(device)))
         if not sampling.greedy:
@@ -72,6 +80,11 @@ class TokenChooser:
 
     def choose(self, logits: torch.Tensor, history: torch.Tensor) -> int:
         """logits: (1, vocab) float; history: (1, n) long ids on the same device."""
+        if self._min_new is not None:
+            index, count, eos = self._min_new
+            self._min_new = None
+            processor = MinNewTokensLengthLogitsProcessor(history.shape[-1], count, list(eos), device=str(self.device))
+            self.processors.insert(index, processor)
         scores = self.processors(history, logits.float())
         if self.sampling.greedy:
             top2 = scores.topk(2, dim=-1).values[0]

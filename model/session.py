@@ -89,6 +89,8 @@ class AnswerSettings:
     text_only: bool = False
     max_new_tokens: int = 1024
     talker_max_new_tokens: int = C.TALKER_MAX_NEW_TOKENS
+    min_new_tokens: int = 0  # the thinker's EOS is suppressed until then (transformers' min_new_tokens)
+    talker_min_new_tokens: int = 0  # likewise the talker's EOS codes: forces an answer's length (benchmarks)
     thinker: Sampling = field(default_factory=lambda: THINKER_DEFAULT)
     talker: Sampling = field(default_factory=lambda: TALKER_DEFAULT)
     seed: int | None = None
@@ -478,9 +480,18 @@ class OmniSession:
         generator = None
         if settings.seed is not None:
             generator = torch.Generator(device=device).manual_seed(settings.seed)
-        think = TokenChooser(settings.thinker, generator=generator, device=device)
+        think = TokenChooser(
+            settings.thinker, generator=generator, device=device, min_new_tokens=settings.min_new_tokens, eos=(C.IM_END_ID,)
+        )
         speaking = not settings.text_only and self.talker is not None
-        talk = TokenChooser(settings.talker, suppress=(C.CODEC_BOS_ID,), generator=generator, device=device)
+        talk = TokenChooser(
+            settings.talker,
+            suppress=(C.CODEC_BOS_ID,),
+            generator=generator,
+            device=device,
+            min_new_tokens=settings.talker_min_new_tokens,
+            eos=C.TALKER_EOS_CODES,
+        )
         if speaking:
             self._feed_talker_prompt(now=True)
             voice = voices[settings.voice]

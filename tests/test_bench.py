@@ -1,0 +1,143 @@
+"""The latency benchmark (bench/) and what it relies on: forced answer lengths, the random-weight builder.
+
+The benchmark runs once on the tiny checkpoint to prove that it works and reports what it should; nothing
+here asserts anything about speed.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_session import greedy_settings, run
+
+from model import cases
+from model import constants as C
+from model.reference import TalkerSampling, reference_generate
+from model.sampling import Sampling, TokenChooser
+from model.session import AnswerSettings, AudioChunk, OmniSession
+
+
+def test_min_new_tokens_suppresses_eos_until_reached():
+    eos = 5
+    chooser = TokenChooser(Sampling(), min_new_tokens=3, eos=(eos, 7))
+    logits = torch.zeros(1, 10)
+    logits[0, eos], logits[0, 7], logits[0, 2] = 3.0, 2.0, 1.0  # EOS first, another EOS second
+    history = torch.tensor([[1, 1, 1, 1]])  # a prompt of 4
+    chosen = []
+    for _ in range(4):
+        chosen.append(chooser.choose(logits, history))
+        history = torch.cat([history, torch.tensor([[chosen[-1]]])], dim=1)
+    assert chosen == [2, 2, 2, eos]
+
+
+def test_forced_lengths_still_equal_transformers(loaded, harness):
+    """Past where the tiny talker would stop (it ends its speech with the text), forced lengths make both
+    sides go on; greedy, they must still agree token for token and code for code."""
+    tokens, codes = 10, 40
+    natural = harness.result("audio")  # 24 tokens, unforced: its talker stops with the text
+    assert len(natural.talker_codes) < codes
+    parts = harness.conversation("audio").turns[0].parts
+    reference = reference_generate(
+        loaded,
+        harness.conversation("audio"),
+        max_new_tokens=tokens,
+        thinker_min_new_tokens=tokens,
+        talker_max_new_tokens=codes,
+        talker_min_new_tokens=codes,
+        talker=TalkerSampling(greedy=True),
+        noise_seed=harness.noise_seed,
+    )
+    session = OmniSession(loaded)
+    session.add_user_turn(*parts)
+    settings = greedy_settings(
+        harness, max_new_tokens=tokens, min_new_tokens=tokens, talker_max_new_tokens=codes, talker_min_new_tokens=codes
+    )
+    events, done = run(session, settings)
+    assert len(reference.thinker_tokens) == tokens and len(reference.talker_codes) == codes
+    assert done.tokens == reference.thinker_tokens
+    assert done.codes == reference.talker_codes
+    audio = np.concatenate([e.samples for e in events if isinstance(e, AudioChunk)])
+    assert len(audio) == len(reference.waveform) == codes * C.OUTPUT_SAMPLE_RATE // C.CODES_PER_SECOND
+
+
+def test_random_builder_gives_the_architecture_with_new_weights(loaded):
+    """`--model 3b/7b` build a real config with random weights; the same builder on the tiny config must give
+    the tiny checkpoint's architecture, its voices' shapes, and an engine that answers."""
+    from bench.models import load_for_bench
+
+    built, label = load_for_bench("tiny-random", "cpu")
+    assert "random weights" in label
+    ours = dict(built.model.named_parameters())
+    theirs = dict(loaded.model.named_parameters())
+    assert ours.keys() == theirs.keys()
+    assert all(ours[name].shape == theirs[name].shape for name in theirs)
+    assert not torch.equal(ours["thinker.lm_head.weight"], theirs["thinker.lm_head.weight"])
+    for name, voice in built.voices.items():
+        assert voice["cond"].shape == loaded.voices[name]["cond"].shape
+        assert voice["ref_mel"].shape == loaded.voices[name]["ref_mel"].shape
+    session = OmniSession(built)
+    session.add_user_turn(*cases.audio_case().turns[0].parts)
+    settings = AnswerSettings(
+        max_new_tokens=3,
+        min_new_tokens=3,
+        talker_max_new_tokens=30,
+        talker_min_new_tokens=30,
+        talker=Sampling(greedy=True, repetition_penalty=C.TALKER_REPETITION_PENALTY),
+        noise_seed=0,
+    )
+    _, done = run(session, settings)
+    assert len(done.tokens) == 3 and len(done.codes) == 30  # codes the DiT can embed, or token2wav would fail
+
+
+def test_benchmark_runs_once_on_the_tiny_checkpoint(tiny_dir, tmp_path, capsys):
+    from PIL import Image
+
+    from bench.chart import COLOURS
+    from bench.latency import main
+    from bench.metrics import METRICS
+    from bench.systems import SYSTEMS
+
+    chart = tmp_path / "timeline.png"
+    tokens, codes = 6, 40  # the engine's token2wav fires at 36 codes: two chunks
+    argv = ["--model", str(tiny_dir), "--device", "cpu", "--tokens", str(tokens), "--codes", str(codes)]
+    argv += ["--runs", "1", "--no-warmup", "--threads", "1", "--json", "--chart", str(chart)]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+
+    assert set(result["systems"]) == set(SYSTEMS)
+    assert result["scenario"]["tokens"] == tokens and result["scenario"]["codes"] == codes
+    assert result["memory_kind"] == "cpu_peak_rss" and result["device"].startswith("CPU")
+    reference = result["systems"]["reference"]["median"]
+    for system, entry in result["systems"].items():
+        figures, ratios = entry["median"], entry["ratio_to_reference"]
+        assert set(METRICS) <= figures.keys() and set(METRICS) == ratios.keys()
+        assert len(entry["runs"]) == 1
+        # Every system gave the whole forced answer.
+        assert figures["tokens"] == tokens and figures["codes"] == codes
+        assert figures["audio_seconds"] == pytest.approx(codes / C.CODES_PER_SECOND)
+        assert 0 < figures["first_text_s"] <= figures["first_audio_s"] <= figures["total_s"]
+        for name in ("thinker_tokens_per_s", "talker_codes_per_s", "peak_memory_mib", "rtf_overall"):
+            assert figures[name] > 0, (system, name)
+        assert figures["rtf_overall"] == pytest.approx(figures["total_s"] / figures["audio_seconds"])
+        assert figures["stage_busy_s"]["thinker"] > 0 and figures["stage_busy_s"]["DiT"] > 0
+        for name in METRICS:
+            if figures[name] is None or reference[name] is None:
+                assert ratios[name] is None
+            else:
+                assert ratios[name] == pytest.approx(figures[name] / reference[name])
+        if system == "reference":
+            assert figures["chunks"] == 1 and figures["rtf_steady"] is None  # its audio comes all at once
+            assert figures["first_audio_s"] == figures["total_s"]
+        else:
+            assert figures["chunks"] >= 2 and figures["rtf_steady"] > 0
+            assert figures["first_audio_s"] < figures["total_s"]
+
+    assert result["chart"] == str(chart)
+    with Image.open(chart) as image:
+        image.load()
+        colours = {colour for _, colour in image.convert("RGB").getcolors(maxcolors=1 << 20)}
+    for stage in ("input", "audio encoder", "thinker", "talker", "DiT", "BigVGAN"):
+        assert COLOURS[stage] in colours, stage
