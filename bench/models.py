@@ -1,0 +1,92 @@
+"""The model a benchmark runs: a checkpoint (`tiny`, a directory) or a real architecture with random weights.
+
+`--model 3b` / `--model 7b` build the released 3B config and the reconstructed 7B config (model/configs)
+with random weights directly on the device, nothing downloaded: the work per token is the real model's,
+the outputs are noise. `random_omni` takes any config, so CI runs the same builder on the tiny config on a
+CPU (`--model tiny-random`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from model import constants as C
+from model import tiny
+from model.loading import LoadedOmni, default_device, ensure_tiny_checkpoint, load_omni, pick_attention
+
+RANDOM_CONFIGS = {
+    "3b": C.REFERENCE_3B_DIR / "config.json",
+    "7b": C.REFERENCE_7B_CONFIG,
+}
+RANDOM_SEED = 0
+
+
+def _init_like_tiny(model: torch.nn.Module, seed: int) -> None:
+    """The tiny checkpoint's initialisation rule (variance-preserving weights, unit norms, sharper output
+    heads), drawn on the parameters' own device: a 7B drawn on a CPU would take minutes."""
+    generator = None
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if generator is None or generator.device != param.device:
+                generator = torch.Generator(device=param.device).manual_seed(seed)
+            leaf = name.rsplit(".", 1)[-1]
+            if param.ndim == 1:
+                if leaf == "bias":
+                    param.normal_(0.0, 0.02, generator=generator)
+                elif "norm" in name or leaf == "weight":
+                    param.fill_(1.0)
+                else:
+                    param.zero_()  # BigVGAN's log-scale Snake parameters: exp(0) = 1
+                continue
+            if "embed" in name and param.ndim == 2:
+                std = 1.0
+            else:
+                scale = 4.0 if name.endswith(("lm_head.weight", "codec_head.weight")) else 1.0
+                std = scale / param[0].numel() ** 0.5
+            param.normal_(0.0, std, generator=generator)
+
+
+def random_omni(config: dict, device: str | torch.device | None = None, seed: int = RANDOM_SEED) -> LoadedOmni:
+    """Qwen2.5-Omni of architecture `config` (a config.json as a dict) with random weights: on CUDA the
+    thinker and talker in bfloat16 and token2wav in float32, as load_omni loads real checkpoints; the
+    processor and tokenizer from the tiny checkpoint (the real ones); voices in the real spk_dict shapes."""
+    from transformers import AutoConfig, Qwen2_5OmniForConditionalGeneration
+
+    from model.processing import OmniProcessor
+
+    device = torch.device(device) if device else default_device()
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    attn = pick_attention(device)
+    with torch.device(device):  # built in place: a 7B built on the CPU first would need 43 GB there
+        model = Qwen2_5OmniForConditionalGeneration._from_config(
+            AutoConfig.for_model(**config), dtype=dtype, attn_implementation=attn
+        )
+    model.token2wav.float()  # the DiT and BigVGAN are only correct in float32
+    _init_like_tiny(model, seed)
+    # The tiny checkpoint's talker shaping: a random talker must only speak codes the DiT can embed.
+    tiny._shape_talker(model)
+    model.eval()
+    voices = tiny.speaker_dict()
+    model.speaker_map = voices  # transformers' generate(speaker=...) reads them here
+    checkpoint = ensure_tiny_checkpoint()
+    processor = OmniProcessor.from_pretrained(str(checkpoint))
+    loaded = LoadedOmni(model, processor, voices, "random", checkpoint, device, dtype, attn, is_tiny=False)
+    loaded.notes.append("random weights: the real architecture's work per token, noise for output")
+    return loaded
+
+
+def load_for_bench(spec: str, device: str | None = None) -> tuple[LoadedOmni, str]:
+    """(loaded model, a one-line description). `spec`: tiny, tiny-random, 3b, 7b or a checkpoint directory."""
+    if spec in RANDOM_CONFIGS or spec == "tiny-random":
+        config = tiny.tiny_config() if spec == "tiny-random" else json.loads(Path(RANDOM_CONFIGS[spec]).read_text())
+        loaded = random_omni(config, device)
+        name = {"tiny-random": "tiny config", "3b": "Qwen2.5-Omni-3B architecture", "7b": "Qwen2.5-Omni-7B architecture"}[spec]
+        label = f"{name}, random weights"
+    else:
+        loaded = load_omni(spec, device)
+        label = "tiny random-weight checkpoint" if loaded.is_tiny else loaded.source
+    dtype = str(loaded.dtype).removeprefix("torch.")
+    return loaded, f"{label} on {loaded.device.type} ({dtype} thinker/talker, float32 token2wav, {loaded.attn_implementation})"
