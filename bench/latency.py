@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--solver", choices=SOLVERS, default="rk4", help="the engine's token2wav ODE solver")
     parser.add_argument("--ode-steps", type=int, default=ODE_TIME_POINTS, help="the engine's ODE time points")
     parser.add_argument("--first-chunk-frames", type=int, default=48, help="the engine's first token2wav chunk (mel frames, multiple of 24)")
+    parser.add_argument("--chunk-frames", type=int, default=48, help="the engine's later token2wav chunks (mel frames, multiple of 24)")
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS), help="reference is always measured")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--no-warmup", action="store_true", help="skip the short untimed answer of each system first")
@@ -71,6 +72,7 @@ def make_scenario(args) -> Scenario:
         solver=args.solver,
         num_steps=args.ode_steps,
         first_chunk_frames=args.first_chunk_frames,
+        chunk_frames=args.chunk_frames,
     )
 
 

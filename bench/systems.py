@@ -42,6 +42,7 @@ class Scenario:
     solver: str = "rk4"
     num_steps: int = ODE_TIME_POINTS
     first_chunk_frames: int = 48
+    chunk_frames: int = 48
     seed: int = 0  # fixes token2wav's noise; decoding is greedy, so the runs repeat exactly
 
     def describe(self) -> dict:
@@ -56,6 +57,7 @@ class Scenario:
             "engine_solver": self.solver,
             "engine_ode_time_points": self.num_steps,
             "engine_first_chunk_frames": self.first_chunk_frames,
+            "engine_chunk_frames": self.chunk_frames,
             "decoding": "greedy thinker, greedy talker with its repetition penalty",
         }
 
@@ -70,6 +72,7 @@ class Scenario:
             seed=self.seed,
             noise_seed=self.seed,
             first_chunk_frames=self.first_chunk_frames,
+            chunk_frames=self.chunk_frames,
             solver=self.solver,
             num_steps=self.num_steps,
         )

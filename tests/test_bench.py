@@ -141,3 +141,26 @@ def test_benchmark_runs_once_on_the_tiny_checkpoint(tiny_dir, tmp_path, capsys):
         colours = {colour for _, colour in image.convert("RGB").getcolors(maxcolors=1 << 20)}
     for stage in ("input", "audio encoder", "thinker", "talker", "DiT", "BigVGAN"):
         assert COLOURS[stage] in colours, stage
+
+
+def test_trimmed_log_mel_is_the_padded_one_bit_for_bit(loaded):
+    """The processor computes trimmed audio features without 300 s of padding (a lever measured in
+    docs/performance.md); every frame the model reads must still be the padded call's."""
+    from model.processing import OmniProcessor
+
+    ours = loaded.processor
+    padded = OmniProcessor(
+        ours.tokenizer, ours.feature_extractor, ours.image_processor, ours.video_processor, ours.chat_template,
+        trim_audio_padding=False,
+    )
+    rng = np.random.default_rng(0)
+    loud_end = np.concatenate([0.01 * rng.standard_normal(20_000), rng.standard_normal(3_333)])
+    clips = [rng.standard_normal(16_001).astype(np.float32) * 0.1, loud_end.astype(np.float32), np.zeros(5_000, np.float32)]
+    for batch in (clips, clips[:1], clips[1:2], clips[2:]):
+        short, tokens = ours._audio_features(batch)
+        full, full_tokens = padded._audio_features(batch)
+        kept = short["input_features"].shape[-1]
+        assert tokens == full_tokens and short["feature_attention_mask"].dtype == full["feature_attention_mask"].dtype
+        assert torch.equal(short["feature_attention_mask"], full["feature_attention_mask"][:, :kept])
+        assert not full["feature_attention_mask"][:, kept:].any()
+        assert torch.equal(short["input_features"], full["input_features"][..., :kept])
