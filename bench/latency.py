@@ -7,7 +7,7 @@ All systems run in one process on the same weights and input, one after another 
 noisy machine slows them alike), and answer with the same forced length: the thinker's and the talker's
 EOS are suppressed until `--tokens` / `--codes` and decoding is greedy, so random weights do the real
 amount of work. It prints a table of medians over `--runs` with each figure's ratio to the reference
-(or, with `--json`, one JSON object), and `--chart` draws the last round as a timeline.
+(or, with `--json`, one JSON object), and `--chart` draws a timeline of each system's median round.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--no-warmup", action="store_true", help="skip the short untimed answer of each system first")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    parser.add_argument("--chart", metavar="PNG", help="draw the last round's timeline here")
+    parser.add_argument("--chart", metavar="PNG", help="draw each system's median round (by first audio) as a timeline here")
     return parser
 
 
@@ -128,11 +128,11 @@ def run(args) -> dict:
         for system in systems:
             measure(system, loaded, warm)
     runs: dict[str, list[dict]] = {s: [] for s in systems}
-    last = {}
+    records: dict[str, list] = {s: [] for s in systems}
     for _ in range(args.runs):
         for system in systems:
-            last[system] = measure(system, loaded, scenario)
-            runs[system].append(turn_metrics(last[system]))
+            records[system].append(measure(system, loaded, scenario))
+            runs[system].append(turn_metrics(records[system][-1]))
     summaries = {s: SystemSummary(s, runs[s]) for s in systems}
     result = {
         "benchmark": "bench.latency",
@@ -159,7 +159,9 @@ def run(args) -> dict:
     }
     if args.chart:
         title = f"{label}; {scenario.input_seconds:.1f} s question, {scenario.tokens} tokens, {scenario.codes} codes"
-        result["chart"] = str(draw_timeline([last[s] for s in systems], args.chart, title))
+        # Each system's round with the median first audio: typical, where the last round may be an outlier.
+        typical = [sorted(records[s], key=lambda r: r.first_audio)[(args.runs - 1) // 2] for s in systems]
+        result["chart"] = str(draw_timeline(typical, args.chart, title))
     return result
 
 

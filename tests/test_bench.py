@@ -164,3 +164,24 @@ def test_trimmed_log_mel_is_the_padded_one_bit_for_bit(loaded):
         assert torch.equal(short["feature_attention_mask"], full["feature_attention_mask"][:, :kept])
         assert not full["feature_attention_mask"][:, kept:].any()
         assert torch.equal(short["input_features"], full["input_features"][..., :kept])
+
+
+def test_live_input_arrives_in_real_time_order():
+    """The live system's schedule: 0.1 s audio chunks when recorded, frames at their timestamps, in order,
+    the last arrival at the end of the speech (the benchmark's zero)."""
+    from bench.systems import LIVE_CHUNK_SAMPLES, live_arrivals
+    from model.conversation import Audio, Video
+    from model.media import load_video
+
+    clip = load_video(cases.VIDEO_WITH_SOUND)
+    arrivals = live_arrivals([Video(clip)])
+    times = [t for t, _, _ in arrivals]
+    assert times == sorted(times)
+    audio = [payload for _, kind, payload in arrivals if kind == "audio"]
+    assert np.array_equal(np.concatenate(audio), clip.audio)
+    assert all(len(chunk) == LIVE_CHUNK_SAMPLES for chunk in audio[:-1])
+    frames = [(t, payload) for t, kind, payload in arrivals if kind == "frame"]
+    assert [t for t, _ in frames] == [float(t) for t in clip.timestamps]
+    assert times[-1] == pytest.approx(max(len(clip.audio) / C.INPUT_SAMPLE_RATE, float(clip.timestamps[-1])))
+    speech = np.zeros(C.INPUT_SAMPLE_RATE + 5, np.float32)
+    assert [t for t, _, _ in live_arrivals([Audio(speech)])][-1] == pytest.approx(len(speech) / C.INPUT_SAMPLE_RATE)
