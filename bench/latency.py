@@ -158,7 +158,8 @@ def run(args) -> dict:
         "chart": None,
     }
     if args.chart:
-        title = f"{label}; {scenario.input_seconds:.1f} s question, {scenario.tokens} tokens, {scenario.codes} codes"
+        asked = "video with its sound" if args.video else "spoken question"
+        title = f"{label}; {scenario.input_seconds:.1f} s {asked}, {scenario.tokens} tokens, {scenario.codes} codes"
         # Each system's round with the median first audio: typical, where the last round may be an outlier.
         typical = [sorted(records[s], key=lambda r: r.first_audio)[(args.runs - 1) // 2] for s in systems]
         result["chart"] = str(draw_timeline(typical, args.chart, title))
