@@ -271,7 +271,7 @@ class OmniProcessor:
         return {"input_features": input_features, "feature_attention_mask": mask}, tokens
 
     def _trimmed_audio_features(self, audio: list[np.ndarray]) -> tuple[dict, list[int]]:
-        """The padded call's frames with sound, bit for bit, without computing 300 s of log-mel (about 0.6 s of
+        """The padded call's frames with sound, bit for bit, without computing 300 s of log-mel (0.15-0.2 s of
         CPU per call, paid again by every 2 s window of live input; this takes milliseconds). The frames that
         overlap a clip's end see zeros after it there: n_fft zeros appended here give them the same zeros. The
         floor is 8 below the clip's largest value, which comes from frames with sound either way (frames of
