@@ -65,11 +65,17 @@ class ChatSettings:
     temperature: float = 0.0  # 0: greedy, the checkpoint's default
     max_new_tokens: int = 256
     silence_seconds: float = TurnSettings.silence_seconds
+    seed: int | None = None  # fixes the sampling and the vocoder's noise: the same question, the same speech
 
     def answer_settings(self) -> AnswerSettings:
         thinker = Sampling() if self.temperature <= 0 else Sampling(greedy=False, temperature=self.temperature)
         return AnswerSettings(
-            voice=self.voice, text_only=self.text_only, max_new_tokens=self.max_new_tokens, thinker=thinker
+            voice=self.voice,
+            text_only=self.text_only,
+            max_new_tokens=self.max_new_tokens,
+            thinker=thinker,
+            seed=self.seed,
+            noise_seed=self.seed,
         )
 
 

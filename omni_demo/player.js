@@ -13,7 +13,7 @@ const player = {
   chunks: 0,         // chunks scheduled, all answers
   samples: 0,
   stops: 0,
-  answers: [],       // per answer: {id, chunks, samples, firstArrival, firstStart, stoppedAt, ended}
+  answers: [],       // per answer: {id, chunks, samples, energy, firstArrival, firstStart, stoppedAt, ended}
   playing() {
     return !!this.context && this.sources.length > 0 && this.context.currentTime < this.nextTime;
   },
@@ -56,7 +56,11 @@ function schedule(base64) {
   const context = audioContext();
   const buffer = context.createBuffer(1, pcm.length, SAMPLE_RATE);
   const channel = buffer.getChannelData(0);
-  for (let i = 0; i < pcm.length; i++) channel[i] = pcm[i] / 32768;
+  let energy = 0;
+  for (let i = 0; i < pcm.length; i++) {
+    channel[i] = pcm[i] / 32768;
+    energy += channel[i] * channel[i];
+  }
   const source = context.createBufferSource();
   source.buffer = buffer;
   source.connect(context.destination);
@@ -78,6 +82,7 @@ function schedule(base64) {
   }
   answer.chunks += 1;
   answer.samples += pcm.length;
+  answer.energy += energy;
   element.dataset.state = "playing";
 }
 
@@ -90,7 +95,7 @@ function read() {
     silence();  // a new answer replaces whatever was left of the last one
     player.answer = id;
     player.cursor = 1;
-    player.answers.push({ id, chunks: 0, samples: 0, firstArrival: null, firstStart: null, stoppedAt: null, ended: false });
+    player.answers.push({ id, chunks: 0, samples: 0, energy: 0, firstArrival: null, firstStart: null, stoppedAt: null, ended: false });
     element.dataset.state = "idle";
   }
   const answer = current();

@@ -83,7 +83,7 @@ def chart(timings: list[TurnTiming]) -> str:
         label = f"#{t.index} {'🎙️' if t.kind == 'voice' else '⌨️'} audio {_seconds(t.first_audio)}"
         lines.append(f"<div style='display:flex;gap:8px;align-items:center'><code style='min-width:150px'>"
                      f"{html.escape(label)}</code><div style='flex:1'>{bars}</div></div>")
-    data = html.escape(json.dumps([asdict(t) for t in rows]), quote=True)
+    data = html.escape(json.dumps([dict(asdict(t), silence=t.silence) for t in rows]), quote=True)
     legend = ("<small>grey: your pause · light blue: to first text · indigo: to first audio · "
               "lavender: rest of the answer</small>")
     return f"<div id='timeline' data-turns=\"{data}\">{''.join(lines)}{legend}</div>"

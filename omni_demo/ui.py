@@ -42,6 +42,10 @@ class App:
     worker: ModelWorker
 
 
+def optional_int(value) -> int | None:
+    return None if value is None or value == "" else int(value)
+
+
 def _render(view: View) -> tuple:
     last = summary(view.timings[-1]) if view.timings else ""
     return view.chat, view.player, view.status, last, chart(view.timings)
@@ -145,7 +149,7 @@ def build_app(loaded, max_active: int = 2) -> App:
                 )
         last_turn = gr.Markdown("", elem_id="timings")
         timeline = gr.HTML(chart([]), elem_id="timeline-panel")
-        with gr.Accordion("Settings", open=False):
+        with gr.Accordion("Settings", open=False, elem_id="settings"):
             voice = gr.Dropdown(choices=loaded.voice_names, value=defaults.voice, label="Voice")
             text_only = gr.Checkbox(label="Text-only answers (no speech)", value=defaults.text_only)
             system_prompt = gr.Textbox(value=defaults.system_prompt, lines=3, label="System prompt")
@@ -153,6 +157,7 @@ def build_app(loaded, max_active: int = 2) -> App:
             max_new_tokens = gr.Slider(16, 1024, value=defaults.max_new_tokens, step=16, label="Maximum answer length (tokens)")
             temperature = gr.Slider(0.0, 1.5, value=defaults.temperature, step=0.05, label="Temperature (0 = greedy)")
             silence = gr.Slider(0.3, 1.5, value=defaults.silence_seconds, step=0.05, label="Silence that ends your turn (s)")
+            seed = gr.Number(value=None, precision=0, label="Seed (empty: random; set: the same question gets the same speech)")
         trigger = gr.Number(value=0, visible=False)
 
         mic.stream(on_mic, [mic], [trigger, hearing], stream_every=MIC_CHUNK_SECONDS, concurrency_limit=None,
@@ -166,7 +171,7 @@ def build_app(loaded, max_active: int = 2) -> App:
         clear.click(on_clear, None, [trigger], concurrency_limit=None, api_name="clear")
         for component, name, kind in ((voice, "voice", str), (text_only, "text_only", bool),
                                       (max_new_tokens, "max_new_tokens", int), (temperature, "temperature", float),
-                                      (silence, "silence_seconds", float)):
+                                      (silence, "silence_seconds", float), (seed, "seed", optional_int)):
             component.change(setter(name, kind), [component], None, concurrency_limit=None, api_visibility="private")
         system_prompt.change(on_system_prompt, [system_prompt], [prompt_warning], concurrency_limit=None,
                              api_visibility="private")
