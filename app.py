@@ -10,10 +10,8 @@ import logging
 import os
 import sys
 
-from omni_demo.gpu import on_spaces
-
-if on_spaces():
-    import spaces  # noqa: F401  - must be imported before torch initialises CUDA on ZeroGPU
+if os.environ.get("SPACE_ID"):  # on Hugging Face Spaces
+    import spaces  # noqa: F401  - before torch and CUDA: ZeroGPU patches them at import
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -25,7 +23,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "a Hugging Face id such as Qwen/Qwen2.5-Omni-7B, or a checkpoint directory",
     )
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--host", default="0.0.0.0" if on_spaces() else "127.0.0.1")
+    on_spaces = bool(os.environ.get("SPACE_ID"))
+    parser.add_argument("--host", default="0.0.0.0" if on_spaces else "127.0.0.1",
+                        help="address to listen on (default 127.0.0.1; 0.0.0.0 on Spaces)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 7860)))
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     parser.add_argument("--max-active", type=int, default=2, metavar="N",

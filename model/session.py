@@ -257,6 +257,14 @@ class OmniSession:
         live.next_frame_time = len(live.frames) / C.VIDEO_FPS
         self._prefill_ready_windows()
 
+    def feed(self, audio: np.ndarray, frames=()) -> None:
+        """More of a live turn at once: camera frames (each with its seconds into the turn) first, so that
+        every 2 s window is complete when its audio arrives, then 16 kHz audio."""
+        for frame, seconds in frames:
+            self.feed_frame(frame, seconds)
+        if len(audio):
+            self.feed_audio(audio)
+
     def feed_live(self, *parts: Part, chunk_samples: int = 1600) -> None:
         """Feeds recorded audio and video parts as one live stream in real-time order (audio in 0.1 s chunks,
         each frame once its time has come) and ends the turn: the `--live` path for files."""

@@ -38,7 +38,8 @@ from model.conversation import Part, Text
 from model.live_input import SAMPLES_PER_WINDOW
 from model.media import MediaError
 from model.sampling import Sampling
-from model.session import AnswerDone, AnswerSettings, AudioChunk, ContextTrimmed, OmniSession, TextDelta
+from model.session import AnswerDone, AnswerSettings, AudioChunk, ContextTrimmed, OmniSession, Record, TextDelta, Timings
+from omni_demo import gpu
 from omni_demo.capture import MicResampler, camera_frame
 from omni_demo.chat import parts_from_files
 from omni_demo.playback import PlaybackClock, PlayerFeed, samples_seconds
@@ -114,9 +115,14 @@ class Answer:
     finished: bool = False
     stop_requested: bool = False
     heard_at_stop: float | None = None  # seconds of speech heard when the user cut in
+    text: str = ""
+    chunks: list[np.ndarray] = field(default_factory=list)
+    done: AnswerDone | None = None
     tokens: list[int] = field(default_factory=list)
     speech_complete: bool = False  # the talker finished: all of the answer exists as audio
     clip: Path | None = None
+    turn: HeardTurn | None = None  # what it answers: a voice turn, or typed/uploaded parts
+    parts: list[Part] | None = None
 
     @property
     def text_only(self) -> bool:
@@ -144,10 +150,14 @@ class View:
 
 
 class LiveSession:
-    def __init__(self, key: str, loaded, worker: ModelWorker, vad=None):
+    def __init__(self, key: str, loaded, worker: ModelWorker, vad=None, zero_gpu: bool = False):
         self.key = key
         self.loaded = loaded
         self.worker = worker
+        # On ZeroGPU the model runs only inside one GPU call per turn, made by `follow` (see omni_demo/gpu.py);
+        # the conversation lives here as its history, not as caches.
+        self.zero_gpu = zero_gpu
+        self._history: list[Record] = []
         self.settings = ChatSettings(voice=loaded.voice_names[0] if "Chelsie" not in loaded.voices else "Chelsie")
         self.directory = Path(tempfile.mkdtemp(prefix="omni-demo-session-"))
         self._engine: OmniSession | None = None  # created and used on the worker thread only
@@ -263,7 +273,7 @@ class LiveSession:
             self._cut_in()
             self._turn = None
             self._detector.reset()
-            self.chat, self.timings = [], []
+            self.chat, self.timings, self._history = [], [], []
             self.worker.submit(self.key, self._clear_job())
             self._bump()
 
@@ -274,7 +284,7 @@ class LiveSession:
             self.settings = replace(old, **settings)
             if self.settings.silence_seconds != old.silence_seconds:
                 self._detector.settings = TurnSettings(silence_seconds=self.settings.silence_seconds)
-            if self.settings.system_prompt != old.system_prompt:
+            if self.settings.system_prompt != old.system_prompt and not self.zero_gpu:
                 self.worker.submit(self.key, self._system_prompt_job(self.settings.system_prompt), self._failed)
 
     def close(self) -> None:
@@ -295,6 +305,9 @@ class LiveSession:
         seen = -1
         last = None
         while True:
+            answer = self._take_zero_gpu_answer()
+            if answer is not None:
+                yield from self._answer_on_zero_gpu(answer)
             with self._changed:
                 self._changed.wait_for(lambda: self.version != seen or self.closed, timeout=poll_seconds)
                 seen = self.version
@@ -362,7 +375,7 @@ class LiveSession:
     def _send_ready_audio(self) -> None:
         """Gives the model each further 2 s of a confirmed turn while the user is still speaking."""
         turn = self._turn
-        if turn is not None and turn.confirmed and turn.samples - turn.sent_samples >= SAMPLES_PER_WINDOW:
+        if not self.zero_gpu and turn is not None and turn.confirmed and turn.samples - turn.sent_samples >= SAMPLES_PER_WINDOW:
             audio, frames = turn.unsent()
             self.worker.submit(self.key, self._prefill_job(audio, frames), self._failed)
 
@@ -383,9 +396,10 @@ class LiveSession:
 
     def _start_answer(self, timing: TurnTiming, turn: HeardTurn | None = None, parts: list[Part] | None = None) -> None:
         self._answers += 1
-        answer = Answer(timing, self.settings.answer_settings(), PlayerFeed(self._answers))
+        answer = Answer(timing, self.settings.answer_settings(), PlayerFeed(self._answers), turn=turn, parts=parts)
         self.answer = answer
-        self.worker.submit(self.key, self._answer_job(answer, turn, parts), self._failed)
+        if not self.zero_gpu:  # on ZeroGPU, `follow` runs it in a GPU call
+            self.worker.submit(self.key, self._answer_job(answer), self._failed)
         self._bump()
 
     def _say_error(self, message: str) -> None:
@@ -407,79 +421,85 @@ class LiveSession:
         return self._engine
 
     def _prefill_job(self, audio: np.ndarray, frames: list) -> Iterator[None]:
-        engine = self._engine_ready()
-        for frame, seconds in frames:
-            engine.feed_frame(frame, seconds)
-        if len(audio):
-            engine.feed_audio(audio)
+        self._engine_ready().feed(audio, frames)
         yield
 
-    def _answer_job(self, answer: Answer, turn: HeardTurn | None, parts) -> Iterator[None]:
+    def _answer_job(self, answer: Answer) -> Iterator[None]:
         engine = self._engine_ready()
-        if turn is not None:
+        if answer.turn is not None:
             with self._lock:
-                audio, frames = turn.unsent()
-            yield from self._prefill_job(audio, frames)
+                audio, frames = answer.turn.unsent()
+            engine.feed(audio, frames)
+            yield
             engine.end_user_turn()
         else:
-            engine.add_user_turn(*parts)
-        timing = answer.timing
+            engine.add_user_turn(*answer.parts)
+        self._open_answer(answer)
+        events = engine.respond(answer.settings)
+        try:
+            for event in events:
+                self._show(answer, event)
+                if answer.stop_requested or self.closed:
+                    engine.interrupt()
+                yield
+        finally:
+            events.close()  # leaves the engine consistent even if this job is closed early (a closed tab)
+        self._close_answer(answer)
+
+    def _open_answer(self, answer: Answer) -> None:
         with self._lock:
             answer.message = {"role": "assistant", "content": ""}
             self.chat.append(answer.message)
             self._bump()
-        text, chunks, done = "", [], None
-        started = time.monotonic() - (time.time() - timing.turn_end_wall)  # the turn's end, on this clock
-        events = engine.respond(answer.settings)
-        try:
-            for event in events:
-                with self._lock:
-                    elapsed = time.monotonic() - started
-                    if isinstance(event, TextDelta):
-                        text += event.text
-                        answer.message["content"] = text
-                        timing.first_text = timing.first_text if timing.first_text is not None else elapsed
-                    elif isinstance(event, AudioChunk):
-                        answer.feed.add(event.samples)
-                        answer.clock.add(samples_seconds(event.samples))
-                        chunks.append(event.samples)
-                        timing.first_audio = timing.first_audio if timing.first_audio is not None else elapsed
-                    elif isinstance(event, ContextTrimmed):
-                        notice = {"role": "assistant", "content": event.message,
-                                  "metadata": {"title": "ℹ️ Earlier turns dropped"}}
-                        self.chat.insert(self.chat.index(answer.message), notice)
-                    elif isinstance(event, AnswerDone):
-                        done = event
-                    if answer.stop_requested or self.closed:
-                        engine.interrupt()
-                    self._bump()
-                yield
-        finally:
-            events.close()  # leaves the engine consistent even if this job is closed early (a closed tab)
+
+    def _show(self, answer: Answer, event) -> None:
+        """One event of the answer into the page's view."""
+        timing = answer.timing
         with self._lock:
-            timing.total = time.monotonic() - started
-            timing.audio_seconds = sum(len(c) for c in chunks) / C.OUTPUT_SAMPLE_RATE
+            elapsed = time.time() - timing.turn_end_wall
+            if isinstance(event, TextDelta):
+                answer.text += event.text
+                answer.message["content"] = answer.text
+                timing.first_text = timing.first_text if timing.first_text is not None else elapsed
+            elif isinstance(event, AudioChunk):
+                answer.feed.add(event.samples)
+                answer.clock.add(samples_seconds(event.samples))
+                answer.chunks.append(event.samples)
+                timing.first_audio = timing.first_audio if timing.first_audio is not None else elapsed
+            elif isinstance(event, ContextTrimmed):
+                notice = {"role": "assistant", "content": event.message, "metadata": {"title": "ℹ️ Earlier turns dropped"}}
+                self.chat.insert(self.chat.index(answer.message), notice)
+            elif isinstance(event, AnswerDone):
+                answer.done = event
+            self._bump()
+
+    def _close_answer(self, answer: Answer) -> None:
+        """The answer is complete (or was cut off): its timings, its clip, and what of it was heard."""
+        timing, done = answer.timing, answer.done
+        with self._lock:
+            timing.total = time.time() - timing.turn_end_wall
+            timing.audio_seconds = sum(len(c) for c in answer.chunks) / C.OUTPUT_SAMPLE_RATE
             timing.interrupted = done.interrupted or answer.stop_requested
             self.timings.append(timing)
             answer.feed.end()
             answer.tokens = done.tokens
             answer.speech_complete = not done.interrupted and not answer.text_only
-            if chunks:
+            if answer.chunks:
                 answer.clip = self.directory / f"turn-{timing.index}-answer.wav"
-                soundfile.write(answer.clip, np.concatenate(chunks), C.OUTPUT_SAMPLE_RATE)
+                soundfile.write(answer.clip, np.concatenate(answer.chunks), C.OUTPUT_SAMPLE_RATE)
             heard = answer.heard_at_stop
         if heard is not None:
-            self._keep_heard(engine, answer, heard)
+            self._keep_heard(answer, heard)
         with self._lock:
             if answer.clip is not None and any(m is answer.message for m in self.chat):  # not cleared since
                 self.chat.append({"role": "assistant", "content": {"path": str(answer.clip)}})
             answer.finished = True
             self._bump()
 
-    def _keep_heard(self, engine: OmniSession, answer: Answer, heard_seconds: float) -> None:
+    def _keep_heard(self, answer: Answer, heard_seconds: float) -> None:
         """Cuts the answer, in the model's memory and in the chat, to what the user heard."""
         keep = heard_tokens(answer, heard_seconds)
-        engine.keep_answer(keep)
+        self._forget_unheard(keep)
         kept = self.loaded.processor.tokenizer.decode(answer.tokens[:keep], skip_special_tokens=True)
         with self._lock:
             answer.message["content"] = kept.rstrip() + " …"
@@ -489,9 +509,59 @@ class LiveSession:
                 soundfile.write(answer.clip, audio[: int(heard_seconds * rate)], rate)
             self._bump()
 
+    def _forget_unheard(self, keep: int) -> None:
+        if self.zero_gpu:
+            with self._lock:
+                if self._history and self._history[-1].kind == "answer":
+                    self._history[-1] = Record("answer", self._history[-1].payload[:keep])
+        elif self._engine is not None:
+            self._engine.keep_answer(keep)
+
+    # ------------------------------------------------------------------ ZeroGPU (a Gradio handler's thread)
+
+    def _take_zero_gpu_answer(self) -> Answer | None:
+        with self._lock:
+            answer = self.answer
+            if not self.zero_gpu or answer is None or answer.finished or answer.message is not None:
+                return None
+            answer.message = {}  # taken: `_open_answer` fills it
+            return answer
+
+    def _answer_on_zero_gpu(self, answer: Answer) -> Iterator[View]:
+        with self._lock:
+            audio, frames = answer.turn.unsent() if answer.turn is not None else (None, [])
+            request = gpu.TurnRequest(list(self._history), self.settings.system_prompt, answer.settings,
+                                      audio, frames, answer.parts)
+        self._open_answer(answer)
+        yield self.view()
+        calls = gpu.run_turn(request)
+        try:
+            for item in calls:
+                if isinstance(item, list):
+                    with self._lock:
+                        self._history = item
+                    continue
+                self._show(answer, item)
+                yield self.view()
+                if answer.stop_requested or self.closed:
+                    break  # closing the call cancels it on the GPU
+        except Exception as error:  # noqa: BLE001 - the session goes on without this turn
+            log.exception("ZeroGPU turn failed")
+            self._failed(error)
+            return
+        finally:
+            calls.close()
+        if answer.done is None:  # cut off: the call's history never came back; keep what was shown
+            tokens = self.loaded.processor.tokenizer(answer.text).input_ids
+            turn = Record("user", answer.parts) if answer.parts is not None else Record("live", (audio, [f for f, _ in frames]))
+            with self._lock:
+                self._history = [*request.history, turn, Record("answer", tokens)]
+            answer.done = AnswerDone(answer.text, tokens, [], Timings(), interrupted=True)
+        self._close_answer(answer)
+        yield self.view()
+
     def _keep_heard_job(self, answer: Answer, heard_seconds: float) -> Iterator[None]:
-        if self._engine is not None:
-            self._keep_heard(self._engine, answer, heard_seconds)
+        self._keep_heard(answer, heard_seconds)
         yield
 
     def _clear_job(self) -> Iterator[None]:

@@ -10,9 +10,10 @@ from omni_demo.worker import ModelWorker
 
 
 class Sessions:
-    def __init__(self, loaded, worker: ModelWorker):
+    def __init__(self, loaded, worker: ModelWorker, zero_gpu: bool = False):
         self.loaded = loaded
         self.worker = worker
+        self.zero_gpu = zero_gpu
         self._sessions: dict[str, LiveSession] = {}
         self._lock = threading.Lock()
 
@@ -21,7 +22,7 @@ class Sessions:
             session = self._sessions.get(key)
             if session is None:
                 # Each tab has its own VAD: Silero keeps the state of the stream it listens to.
-                session = self._sessions[key] = LiveSession(key, self.loaded, self.worker, load_vad())
+                session = self._sessions[key] = LiveSession(key, self.loaded, self.worker, load_vad(), self.zero_gpu)
             return session
 
     def close(self, key: str) -> None:

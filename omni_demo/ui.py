@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from model import constants as C
+from omni_demo import gpu
 from omni_demo.live import ChatSettings, View
 from omni_demo.playback import PLAYER_SCRIPT
 from omni_demo.sessions import Sessions
@@ -51,9 +52,13 @@ def _render(view: View) -> tuple:
     return view.chat, view.player, view.status, last, chart(view.timings)
 
 
-def build_app(loaded, max_active: int = 2) -> App:
+def build_app(loaded, max_active: int = 2, zero_gpu: bool | None = None) -> App:
+    """The page around `loaded`. On ZeroGPU (found from the environment unless told) each turn is one GPU
+    call made by the `follow` event; elsewhere the model worker runs everything."""
+    zero_gpu = gpu.on_zero_gpu() if zero_gpu is None else zero_gpu
+    gpu.serve(loaded)
     worker = ModelWorker(max_active=max_active)
-    sessions = Sessions(loaded, worker)
+    sessions = Sessions(loaded, worker, zero_gpu)
     counter = itertools.count(1)  # values for the hidden trigger: each bump must differ from the last
     defaults = ChatSettings()
 

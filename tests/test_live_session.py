@@ -23,8 +23,8 @@ def worker():
     w.stop()
 
 
-def new_session(loaded, worker, key="tab", **settings) -> LiveSession:
-    live = LiveSession(key, loaded, worker)
+def new_session(loaded, worker, key="tab", zero_gpu=False, **settings) -> LiveSession:
+    live = LiveSession(key, loaded, worker, zero_gpu=zero_gpu)
     live.update(max_new_tokens=8, **settings)
     return live
 
@@ -157,3 +157,43 @@ def test_closing_a_tab_stops_its_answer_and_frees_its_files(loaded, worker):
     assert worker.idle(30)  # stopped within a step, not after 400 tokens
     assert not directory.exists()
     assert live.hear(48_000, speech_48k()) is False  # a closed tab hears nothing
+
+
+def test_on_zero_gpu_each_turn_is_one_pickled_call_that_answers_as_the_worker_does(loaded, worker, monkeypatch):
+    """ZeroGPU runs a turn in a forked process: the request and every yield are pickled, and nothing else
+    survives the call. The conversation must come out as the persistent worker's does."""
+    import pickle
+
+    from omni_demo import gpu
+
+    requests = []
+    run_turn = gpu.run_turn
+
+    def forked(request):
+        requests.append(request)
+        for item in run_turn(pickle.loads(pickle.dumps(request))):
+            yield pickle.loads(pickle.dumps(item))
+
+    monkeypatch.setattr(gpu, "run_turn", forked)
+    gpu.serve(loaded)
+    zero = new_session(loaded, worker, "zero", zero_gpu=True, seed=3)
+    local = new_session(loaded, worker, "local", seed=3)
+    question = np.concatenate([silence(0.3), speech_48k(), silence(1.0)])
+    for live in (zero, local):
+        assert speak(live, question) == 1
+    assert list(zero.follow()) and zero.answer.finished  # the GPU call runs inside the page's event
+    finish(local, worker)
+    for live in (zero, local):
+        assert live.send("And then?", []) is None
+    list(zero.follow())
+    finish(local, worker)
+
+    assert len(requests) == 2 and zero._engine is None  # no caches outside the calls
+    assert [len(r.history) for r in requests] == [0, 2] and requests[0].audio is not None
+    ours, theirs = zero._history, local._engine.history
+    assert [r.kind for r in ours] == [r.kind for r in theirs] == ["live", "answer", "user", "answer"]
+    assert [r.payload for r in ours if r.kind == "answer"] == [r.payload for r in theirs if r.kind == "answer"]
+    assert [m["content"] for m in zero.chat if isinstance(m["content"], str)] == [
+        m["content"] for m in local.chat if isinstance(m["content"], str)
+    ]
+    assert gpu.turn_seconds(requests[1]) >= gpu.turn_seconds(requests[0]) > 20
