@@ -117,7 +117,8 @@ def build_app(loaded, max_active: int = 2, zero_gpu: bool | None = None) -> App:
     with gr.Blocks(title="Qwen2.5-Omni live", delete_cache=(600, 3600)) as demo:
         gr.Markdown(
             "# Qwen2.5-Omni, live\nPress **Record** and talk (turn the camera on if you like): the answer starts "
-            "as soon as you pause, in text and speech. Talk over it to cut in. You can also type or upload."
+            "as soon as you pause, in text and speech. Talk over it to cut in. You can also type or upload.\n\n"
+            "Browsers allow the microphone and the camera only on `localhost` or over https."
         )
         gr.Markdown(f"**Model:** {loaded.describe()}", elem_id="model-status")
         for note in loaded.notes:

@@ -21,9 +21,10 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--no-first-run",
     "--autoplay-policy=no-user-gesture-required",
-    "--use-fake-ui-for-media-stream",
     "--use-fake-device-for-media-stream",
 ]
+ALLOW_MEDIA = "--use-fake-ui-for-media-stream"  # answers the permission prompt with "allow"
+DENY_MEDIA = "--deny-permission-prompts"
 ANSWER_TIMEOUT_S = 240
 
 
@@ -59,8 +60,8 @@ def microphone_file(tmp_path: Path, *pieces: np.ndarray) -> Path:
     return path
 
 
-def open_page(playwright, url: str, microphone: Path | None = None, camera: Path | None = None, max_tokens=24):
-    flags = list(CHROMIUM_FLAGS)
+def open_page(playwright, url: str, microphone=None, camera=None, max_tokens=24, allow_media=True):
+    flags = [*CHROMIUM_FLAGS, ALLOW_MEDIA if allow_media else DENY_MEDIA]
     if microphone is not None:
         flags.append(f"--use-file-for-fake-audio-capture={microphone}%noloop")  # played once, from Record
     if camera is not None:
@@ -224,5 +225,35 @@ def test_switching_the_voice_changes_the_speech(playwright, server):
             page.wait_for_timeout(500)
         assert energies[0] > 0 and energies[0] == energies[1]
         assert energies[2] != energies[0]
+    finally:
+        browser.close()
+
+
+def test_a_denied_microphone_says_so_and_typing_still_works(playwright, server):
+    browser, page = open_page(playwright, server, max_tokens=16, allow_media=False)
+    try:
+        page.click("#mic >> button:has-text('Record')")
+        page.wait_for_selector("text=Please allow access to the microphone", timeout=30_000)
+        send(page, "Can you read this?")
+        state = wait_for(page, answers_ended(1), "the typed question's answer")
+        assert state["answers"][0]["samples"] > 0 and "Can you read this?" in page.inner_text("#chat")
+    finally:
+        browser.close()
+
+
+def test_a_closed_tab_frees_its_session(playwright, live_app):
+    app, url = live_app
+    browser, page = open_page(playwright, url, max_tokens=16)
+    try:
+        send(page, "Hello")
+        wait_for(page, answers_ended(1), "the answer")
+        before = len(app.sessions)
+        directories = [s.directory for s in app.sessions._sessions.values()]
+        page.close()
+        deadline = time.monotonic() + 30
+        while len(app.sessions) >= before and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(app.sessions) == before - 1
+        assert sum(d.exists() for d in directories) == before - 1  # its recordings and clips are deleted
     finally:
         browser.close()
