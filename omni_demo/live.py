@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 SPOKEN_TOKENS_PER_SECOND = 3.0
 PREROLL_KEEP_SECONDS = 1.0  # microphone audio kept while nobody speaks, for the turn's pre-roll
 THUMBNAIL_SIZE = (160, 120)
+# An answer still running this long after the user's turn ended is stopped: one tab cannot hold the model
+# forever (a long answer on a slow GPU, a runaway repetition).
+TURN_TIMEOUT_S = 300.0
 
 
 @dataclass
@@ -115,6 +118,7 @@ class Answer:
     finished: bool = False
     stop_requested: bool = False
     heard_at_stop: float | None = None  # seconds of speech heard when the user cut in
+    timed_out: bool = False
     text: str = ""
     chunks: list[np.ndarray] = field(default_factory=list)
     done: AnswerDone | None = None
@@ -150,8 +154,10 @@ class View:
 
 
 class LiveSession:
-    def __init__(self, key: str, loaded, worker: ModelWorker, vad=None, zero_gpu: bool = False):
+    def __init__(self, key: str, loaded, worker: ModelWorker, vad=None, zero_gpu: bool = False,
+                 turn_timeout_s: float = TURN_TIMEOUT_S):
         self.key = key
+        self.turn_timeout_s = turn_timeout_s
         self.loaded = loaded
         self.worker = worker
         # On ZeroGPU the model runs only inside one GPU call per turn, made by `follow` (see omni_demo/gpu.py);
@@ -439,12 +445,17 @@ class LiveSession:
         try:
             for event in events:
                 self._show(answer, event)
-                if answer.stop_requested or self.closed:
+                if answer.stop_requested or self.closed or self._overdue(answer):
                     engine.interrupt()
                 yield
         finally:
             events.close()  # leaves the engine consistent even if this job is closed early (a closed tab)
         self._close_answer(answer)
+
+    def _overdue(self, answer: Answer) -> bool:
+        if not answer.timed_out and time.time() - answer.timing.turn_end_wall > self.turn_timeout_s:
+            answer.timed_out = True
+        return answer.timed_out
 
     def _open_answer(self, answer: Answer) -> None:
         with self._lock:
@@ -493,6 +504,10 @@ class LiveSession:
         with self._lock:
             if answer.clip is not None and any(m is answer.message for m in self.chat):  # not cleared since
                 self.chat.append({"role": "assistant", "content": {"path": str(answer.clip)}})
+            if answer.timed_out:
+                self.chat.append({"role": "assistant", "metadata": {"title": "⏱️ Stopped"},
+                                  "content": f"This answer ran past the {self.turn_timeout_s:.0f} s limit for one "
+                                             "turn and was stopped; what it said so far is kept."})
             answer.finished = True
             self._bump()
 
@@ -543,7 +558,7 @@ class LiveSession:
                     continue
                 self._show(answer, item)
                 yield self.view()
-                if answer.stop_requested or self.closed:
+                if answer.stop_requested or self.closed or self._overdue(answer):
                     break  # closing the call cancels it on the GPU
         except Exception as error:  # noqa: BLE001 - the session goes on without this turn
             log.exception("ZeroGPU turn failed")

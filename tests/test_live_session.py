@@ -197,3 +197,34 @@ def test_on_zero_gpu_each_turn_is_one_pickled_call_that_answers_as_the_worker_do
         m["content"] for m in local.chat if isinstance(m["content"], str)
     ]
     assert gpu.turn_seconds(requests[1]) >= gpu.turn_seconds(requests[0]) > 20
+
+
+def test_an_answer_past_the_turn_limit_is_stopped_and_the_session_goes_on(loaded, worker):
+    live = LiveSession("slow", loaded, worker, turn_timeout_s=1.0)
+    live.update(max_new_tokens=1000, text_only=True)
+    started = time.monotonic()
+    live.send("Tell me everything.", [])
+    finish(live, worker)
+    assert time.monotonic() - started < 30  # not 1000 tokens
+    assert live.answer.timed_out and live.chat[-1]["metadata"]["title"].endswith("Stopped")
+    assert live._engine.history[-1].kind == "answer" and 0 < len(live._engine.history[-1].payload) < 1000
+    live.turn_timeout_s = 300
+    live.update(max_new_tokens=4)
+    live.send("Short, then.", [])
+    finish(live, worker)
+    assert not live.answer.timed_out
+
+
+def test_a_waiting_tab_is_told_its_place(loaded):
+    worker = ModelWorker(max_active=1)
+    try:
+        first, second = new_session(loaded, worker, "first"), new_session(loaded, worker, "second")
+        first.update(max_new_tokens=200, text_only=True)
+        first.send("A long answer, please.", [])
+        second.send("Me too.", [])
+        assert second.status().startswith("⏳ Waiting for the model: 1 conversation ahead")
+        first.stop()
+        finish(second, worker)
+        assert second.status().startswith(("🔊", "🎙️", "Ready"))
+    finally:
+        worker.stop()
