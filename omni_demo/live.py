@@ -155,7 +155,7 @@ class View:
 
 class LiveSession:
     def __init__(self, key: str, loaded, worker: ModelWorker, vad=None, zero_gpu: bool = False,
-                 turn_timeout_s: float = TURN_TIMEOUT_S):
+                 turn_timeout_s: float = TURN_TIMEOUT_S, settings: ChatSettings | None = None):
         self.key = key
         self.turn_timeout_s = turn_timeout_s
         self.loaded = loaded
@@ -164,7 +164,9 @@ class LiveSession:
         # the conversation lives here as its history, not as caches.
         self.zero_gpu = zero_gpu
         self._history: list[Record] = []
-        self.settings = ChatSettings(voice=loaded.voice_names[0] if "Chelsie" not in loaded.voices else "Chelsie")
+        self.settings = settings or ChatSettings()
+        if self.settings.voice not in loaded.voices:  # a checkpoint with other voices
+            self.settings = replace(self.settings, voice=loaded.voice_names[0])
         self.directory = Path(tempfile.mkdtemp(prefix="omni-demo-session-"))
         self._engine: OmniSession | None = None  # created and used on the worker thread only
         self._resampler = MicResampler()

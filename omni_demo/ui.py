@@ -52,15 +52,15 @@ def _render(view: View) -> tuple:
     return view.chat, view.player, view.status, last, chart(view.timings)
 
 
-def build_app(loaded, max_active: int = 2, zero_gpu: bool | None = None) -> App:
+def build_app(loaded, max_active: int = 2, zero_gpu: bool | None = None, defaults: ChatSettings | None = None) -> App:
     """The page around `loaded`. On ZeroGPU (found from the environment unless told) each turn is one GPU
     call made by the `follow` event; elsewhere the model worker runs everything."""
     zero_gpu = gpu.on_zero_gpu() if zero_gpu is None else zero_gpu
     gpu.serve(loaded)
     worker = ModelWorker(max_active=max_active)
-    sessions = Sessions(loaded, worker, zero_gpu)
+    defaults = defaults or ChatSettings()
+    sessions = Sessions(loaded, worker, zero_gpu, defaults)
     counter = itertools.count(1)  # values for the hidden trigger: each bump must differ from the last
-    defaults = ChatSettings()
 
     def session(request: gr.Request):
         return sessions.get(request.session_hash)
@@ -160,7 +160,7 @@ def build_app(loaded, max_active: int = 2, zero_gpu: bool | None = None) -> App:
             text_only = gr.Checkbox(label="Text-only answers (no speech)", value=defaults.text_only)
             system_prompt = gr.Textbox(value=defaults.system_prompt, lines=3, label="System prompt")
             prompt_warning = gr.Markdown(PROMPT_WARNING, visible=False, elem_id="prompt-warning")
-            max_new_tokens = gr.Slider(16, 1024, value=defaults.max_new_tokens, step=16, label="Maximum answer length (tokens)")
+            max_new_tokens = gr.Slider(4, 1024, value=defaults.max_new_tokens, step=4, label="Maximum answer length (tokens)")
             temperature = gr.Slider(0.0, 1.5, value=defaults.temperature, step=0.05, label="Temperature (0 = greedy)")
             silence = gr.Slider(0.3, 1.5, value=defaults.silence_seconds, step=0.05, label="Silence that ends your turn (s)")
             seed = gr.Number(value=None, precision=0, label="Seed (empty: random; set: the same question gets the same speech)")
