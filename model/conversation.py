@@ -8,6 +8,7 @@ import numpy as np
 
 from model import constants as C
 from model.media import VideoClip
+from model.prompt_text import neutralise_control_tokens
 
 
 @dataclass
@@ -68,15 +69,20 @@ class Conversation:
         return bool(videos) and all(v.audio is not None for v in videos)
 
     def model_inputs(self) -> tuple[list[dict], dict[str, list]]:
-        """Chat-template messages and the media lists in prompt order (audio, images, videos)."""
+        """Chat-template messages and the media lists in prompt order (audio, images, videos).
+
+        Every prompt goes through here, so this is where text becomes safe: control-token strings in the
+        system prompt and in text parts are broken so they tokenize as plain text (model.prompt_text).
+        """
         interleave = self.use_audio_in_video()
         media: dict[str, list] = {"audio": [], "images": [], "videos": []}
-        messages = [{"role": "system", "content": [{"type": "text", "text": self.system_prompt}]}]
+        system = neutralise_control_tokens(self.system_prompt)
+        messages = [{"role": "system", "content": [{"type": "text", "text": system}]}]
         for turn in self.turns:
             content = []
             for part in turn.parts:
                 if isinstance(part, Text):
-                    content.append({"type": "text", "text": part.text})
+                    content.append({"type": "text", "text": neutralise_control_tokens(part.text)})
                 elif isinstance(part, Audio):
                     content.append({"type": "audio"})
                     media["audio"].append(part.samples)

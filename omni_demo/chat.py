@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from model import constants as C
 from model.conversation import Audio, Conversation, Image, Part, Text, Video
-from model.media import MediaError, load_audio, load_image, load_video, media_kind
+from model.limits import UserInputError
+from model.media import load_audio, load_image, load_video, media_kind
+from model.prompt_text import check_user_text
 from model.reference import ThinkerSampling, reference_generate
 
-MAX_UPLOAD_BYTES = 200 * 1024**2  # checked before decoding anything
+NOTHING_TO_ANSWER = "Say, type or upload something first."
 
 
 @dataclass
@@ -38,20 +39,32 @@ class Reply:
 
 
 def parts_from_files(paths: list[str]) -> list[Part]:
-    """Decode uploads into model parts; a MediaError names the file and what is wrong with it."""
+    """Decode uploads into model parts, each by its content (not its name).
+
+    Every check that can come before decoding does (model.limits: size, declared duration, header pixels);
+    a MediaError names the file and says what is wrong with it in one sentence.
+    """
     parts: list[Part] = []
     for path in paths:
-        name = Path(path).name
-        size = Path(path).stat().st_size if Path(path).exists() else 0
-        if size > MAX_UPLOAD_BYTES:
-            raise MediaError(f"{name} is {size / 1024**2:.0f} MB; the limit is {MAX_UPLOAD_BYTES / 1024**2:.0f} MB.")
-        kind = media_kind(path)  # MediaError messages already name the file
+        kind = media_kind(path)
         if kind == "audio":
             parts.append(Audio(load_audio(path)))
         elif kind == "image":
             parts.append(Image(load_image(path)))
         else:
             parts.append(Video(load_video(path)))
+    return parts
+
+
+def parts_from_message(text: str, paths: list[str]) -> list[Part]:
+    """A user's message (typed text and uploaded files) as model parts: the files first, then the text, as
+    the official examples order them. A UserInputError (MediaError for files) says why not."""
+    text = check_user_text(text)
+    parts = parts_from_files(paths)
+    if text.strip():
+        parts.append(Text(text))
+    if not parts:
+        raise UserInputError(NOTHING_TO_ANSWER)
     return parts
 
 
@@ -66,7 +79,10 @@ class Responder:
         """The reply to `parts` after `conversation`. Pure: the caller commits `Reply.conversation`, so
         that this also works in a forked ZeroGPU worker, whose changes to its arguments are not seen."""
         if not parts or all(isinstance(p, Text) and not p.text.strip() for p in parts):
-            raise ValueError("Say, type or upload something first.")
+            raise UserInputError(NOTHING_TO_ANSWER)
+        for part in parts:
+            if isinstance(part, Text):
+                check_user_text(part.text)
         if settings.voice not in self.loaded.voices:
             raise ValueError(f"Unknown voice {settings.voice!r}; choose one of {', '.join(self.loaded.voice_names)}.")
         after = Conversation(settings.system_prompt, [*conversation.turns])

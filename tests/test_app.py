@@ -96,10 +96,12 @@ def test_page_shows_the_tiny_checkpoint_notice(server):
     assert [choice[0] for choice in voices["props"]["choices"]] == ["Chelsie", "Ethan"]
 
 
-def test_oversized_upload_is_refused_before_decoding(monkeypatch, assets):
+def test_oversized_upload_is_refused_before_decoding(tmp_path):
+    from model.limits import MAX_UPLOAD_BYTES
     from model.media import MediaError
-    from omni_demo import chat
+    from omni_demo.chat import parts_from_files
 
-    monkeypatch.setattr(chat, "MAX_UPLOAD_BYTES", 1000)
-    with pytest.raises(MediaError, match="question.wav is 0 MB; the limit is 0 MB"):
-        chat.parts_from_files([str(assets / "question.wav")])
+    with open(tmp_path / "big.mp4", "wb") as f:
+        f.truncate(MAX_UPLOAD_BYTES + 1)  # sparse: takes no disk
+    with pytest.raises(MediaError, match=r"File is too large: 200.0 MB, the limit is 200 MB \(big.mp4\)"):
+        parts_from_files([str(tmp_path / "big.mp4")])
