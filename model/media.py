@@ -225,7 +225,7 @@ def load_image(path: str | Path) -> Image.Image:
     except UnidentifiedImageError as err:  # its message repeats the full path; the name is enough
         raise MediaError(f"This file is not a readable image ({path.name}).") from err
     except (OSError, SyntaxError) as err:  # PIL reports damaged data as either ("image file is truncated")
-        raise MediaError(f"This file is not a readable image ({path.name}: {err}).") from err
+        raise MediaError(f"This file is not a readable image: it is damaged or cut short ({path.name}).") from err
 
 
 def _check_picture_size(width: int, height: int, max_pixels: int, what: str, path: Path) -> None:
@@ -432,6 +432,8 @@ def _open_media(path: Path, what: str):
                 reason = "no audio or video in it"
                 raise MediaError(f"This file is not a readable {what} ({path.name}: {reason}).")
             yield container
+    except av.error.InvalidDataError as err:  # FFmpeg's words: "Invalid data found when processing input"
+        raise MediaError(f"This file is not a readable {what}: it is damaged or cut short ({path.name}).") from err
     except av.error.FFmpegError as err:
         reason = err.strerror or type(err).__name__
         raise MediaError(f"This file is not a readable {what} ({path.name}: {reason}).") from err
