@@ -210,18 +210,27 @@ def test_file_over_the_size_limit_is_refused_unread(tmp_path, monkeypatch):
             load(big)
 
 
-def test_image_over_the_pixel_limit_is_refused_from_its_header(tmp_path, monkeypatch):
-    Image.new("RGB", (1, 1)).save(tmp_path / "bomb.png")
-    data = bytearray((tmp_path / "bomb.png").read_bytes())
-    ihdr = data.index(b"IHDR")  # claim 9000 x 9000 pixels; the data stays one pixel
-    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", 9_000, 9_000)
+def png_claiming(path, width: int, height: int) -> None:
+    """A one-pixel PNG whose header (IHDR) claims width x height."""
+    Image.new("RGB", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
     data[ihdr + 17 : ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr : ihdr + 17])))
-    (tmp_path / "bomb.png").write_bytes(bytes(data))
+    path.write_bytes(bytes(data))
+
+
+def test_image_over_the_pixel_limit_is_refused_from_its_header(tmp_path, monkeypatch):
+    png_claiming(tmp_path / "bomb.png", 9_000, 9_000)
+    png_claiming(tmp_path / "huge.png", 15_000, 15_000)  # past PIL's own limit: Image.open refuses it
     monkeypatch.setattr(media.Image.Image, "load", lambda self: pytest.fail("decoded"))
     message = r"^This image is 9000x9000, 81 megapixels; the limit is 64 megapixels \(bomb.png\)\.$"
     with pytest.raises(MediaError, match=message):
         load_image(tmp_path / "bomb.png")
-    assert media_kind(tmp_path / "bomb.png") == "image"  # what it is; load_image says what is wrong
+    with pytest.raises(MediaError, match=r"^This image has too many pixels to open \(huge.png\)\.$"):
+        load_image(tmp_path / "huge.png")
+    for name in ("bomb.png", "huge.png"):
+        assert media_kind(tmp_path / name) == "image"  # what it is; load_image says what is wrong
 
 
 def test_image_too_elongated_for_the_model(tmp_path):
@@ -288,6 +297,24 @@ def test_video_with_too_many_frames_is_refused_before_decoding(tmp_path, monkeyp
     message = r"^Video has more than 120 frames; the limit is 60 s at up to 2 frames per second \(fast.mp4\)\.$"
     with pytest.raises(MediaError, match=message):
         load_video(tmp_path / "fast.mp4")
+
+
+def test_video_with_a_sound_track_too_short_to_hear_is_a_silent_video(tmp_path):
+    with av.open(str(tmp_path / "blip.mkv"), "w", format="matroska") as out:
+        video = out.add_stream("mpeg4", rate=4)
+        video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
+        sound = out.add_stream("pcm_s16le", rate=SR, layout="mono")
+        blip = av.AudioFrame.from_ndarray(np.ones((1, SR // 50), np.int16), format="s16", layout="mono")  # 20 ms
+        blip.sample_rate, blip.pts, blip.time_base = SR, 0, Fraction(1, SR)
+        out.mux(sound.encode(blip))
+        out.mux(sound.encode())
+        for i in range(8):
+            frame = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode())
+    clip = load_video(tmp_path / "blip.mkv")
+    assert clip.audio is None and len(clip.frames) == 4
 
 
 def test_video_at_the_duration_limit_is_sampled_at_2fps(tmp_path):
