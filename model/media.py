@@ -61,15 +61,33 @@ def prepare_audio(samples: np.ndarray, sample_rate: int, target_rate: int = INPU
     """Any PCM array, (n,) or (n, channels), int or float, at any rate -> mono float32 at `target_rate`
     (the model's 16 kHz unless told otherwise).
 
-    This is also the path for arrays that never were files (a browser microphone's int16 at 48 kHz).
+    This is also the path for arrays that never were files (a browser microphone's int16 at 48 kHz), and
+    for chunks of a stream: any length is fine here. A whole recording that is to be one `Audio` part goes
+    through `check_audio_clip` too.
     """
     if samples.size == 0:
         raise MediaError("Audio has no samples.")
     seconds = len(samples) / sample_rate
-    _check_audio_long_enough(seconds)
     if seconds > L.MAX_AUDIO_SECONDS:
         raise MediaError(_too_long("Audio", seconds, L.MAX_AUDIO_SECONDS))
     return _resample_mono([_mono(_to_float(samples))], sample_rate, target_rate)
+
+
+def check_audio_clip(samples: np.ndarray, name: str | None = None) -> np.ndarray:
+    """A whole clip (16 kHz mono) as it is, if the model can take it as one audio part; else a MediaError.
+
+    Silence is valid input and passes; a clip too short to give one audio token, or longer than the
+    processor's window, does not. `name` (a file's) goes into the message.
+    """
+    if len(samples) == 0:
+        raise MediaError(f"Audio has no samples{_named(name)}.")
+    seconds = len(samples) / INPUT_SAMPLE_RATE
+    if seconds < L.MIN_AUDIO_SECONDS:
+        needed = f"at least {L.MIN_AUDIO_SECONDS:g} s is needed"
+        raise MediaError(f"Audio is too short to hear: {seconds:.2f} s, {needed}{_named(name)}.")
+    if seconds > L.MAX_AUDIO_SECONDS + L.DECODE_SLACK_SECONDS:  # the slack: a file's decoder padding
+        raise MediaError(_too_long("Audio", seconds, L.MAX_AUDIO_SECONDS, name))
+    return samples
 
 
 def load_audio(path: str | Path) -> np.ndarray:
@@ -86,27 +104,17 @@ def load_audio(path: str | Path) -> np.ndarray:
             pass  # a misnamed file or a codec libsndfile lacks: let FFmpeg try before giving up
     if audio is None:
         audio = _load_with_pyav(path)
-    if audio.size == 0:
-        raise MediaError(f"Audio has no samples ({path.name}).")
-    _check_audio_long_enough(len(audio) / INPUT_SAMPLE_RATE, path)
-    return audio  # at most the limit (and the decoding slack) long: _bounded saw to that
+    return check_audio_clip(audio, path.name)
 
 
-def _check_audio_long_enough(seconds: float, path: Path | None = None) -> None:
-    if seconds < L.MIN_AUDIO_SECONDS:
-        raise MediaError(
-            f"Audio is too short to hear: {seconds:.2f} s, at least {L.MIN_AUDIO_SECONDS:g} s is needed{_named(path)}."
-        )
-
-
-def _too_long(what: str, seconds: float | None, limit: float, path: Path | None = None) -> str:
+def _too_long(what: str, seconds: float | None, limit: float, name: str | None = None) -> str:
     if seconds is None:  # found while decoding: the header said less
-        return f"{what} is longer than the limit of {limit:.0f} s{_named(path)}."
-    return f"{what} is {math.ceil(seconds)} s long; the limit is {limit:.0f} s{_named(path)}."
+        return f"{what} is longer than the limit of {limit:.0f} s{_named(name)}."
+    return f"{what} is {math.ceil(seconds)} s long; the limit is {limit:.0f} s{_named(name)}."
 
 
-def _named(path: Path | None) -> str:
-    return f" ({path.name})" if path is not None else ""
+def _named(name: str | None) -> str:
+    return f" ({name})" if name else ""
 
 
 def _load_with_soundfile(path: Path) -> np.ndarray:
@@ -125,7 +133,7 @@ def _load_with_pyav(path: Path) -> np.ndarray:
         return _decode_audio(container, stream, L.MAX_AUDIO_SECONDS, path)
 
 
-def _decode_audio(container, stream, max_seconds: float, path: Path) -> np.ndarray:
+def _decode_audio(container, stream, max_seconds: float, path: Path, what: str = "Audio") -> np.ndarray:
     def mono_chunks() -> Iterator[np.ndarray]:
         for frame in container.decode(stream):
             pcm = frame.to_ndarray()
@@ -134,7 +142,7 @@ def _decode_audio(container, stream, max_seconds: float, path: Path) -> np.ndarr
             yield _mono(_to_float(pcm).T)
 
     rate = stream.codec_context.sample_rate
-    return _resample_mono(_bounded(mono_chunks(), rate, max_seconds, "Audio", path), rate)
+    return _resample_mono(_bounded(mono_chunks(), rate, max_seconds, what, path), rate)
 
 
 def _declared_seconds(container, stream) -> float | None:
@@ -150,7 +158,7 @@ def _declared_seconds(container, stream) -> float | None:
 def _refuse_declared_duration(seconds: float | None, limit: float, what: str, path: Path) -> None:
     """Before decoding: a file whose header says it is too long is refused without reading its samples."""
     if seconds is not None and seconds > limit:
-        raise MediaError(_too_long(what, seconds, limit, path))
+        raise MediaError(_too_long(what, seconds, limit, path.name))
 
 
 def _bounded(chunks: Iterable[np.ndarray], rate: int, limit: float, what: str, path: Path) -> Iterator[np.ndarray]:
@@ -160,7 +168,7 @@ def _bounded(chunks: Iterable[np.ndarray], rate: int, limit: float, what: str, p
     for chunk in chunks:
         seen += len(chunk)
         if seen > most:
-            raise MediaError(_too_long(what, None, limit, path))
+            raise MediaError(_too_long(what, None, limit, path.name))
         yield chunk
 
 
@@ -282,7 +290,7 @@ def load_video(path: str | Path, fps: float = VIDEO_FPS, with_audio: bool = True
         raise MediaError(f"Video has no frames ({path.name}).")
     # The frames counted, not the header's duration: a header can claim any length.
     if total / video_fps > L.MAX_VIDEO_SECONDS + L.DECODE_SLACK_SECONDS:
-        raise MediaError(_too_long("Video", total / video_fps, L.MAX_VIDEO_SECONDS, path))
+        raise MediaError(_too_long("Video", total / video_fps, L.MAX_VIDEO_SECONDS, path.name))
 
     frames, times, decoded = _decode_sampled(path, total, video_fps, fps)
     if decoded != total:  # a packet that decodes to no frame: sample again from the true count
@@ -295,7 +303,7 @@ def load_video(path: str | Path, fps: float = VIDEO_FPS, with_audio: bool = True
     if with_audio and has_audio:
         with _open_media(path, "video file") as container:
             track = _first_stream(container.streams.audio, "audio", path)
-            audio = _decode_audio(container, track, L.MAX_VIDEO_SECONDS, path)
+            audio = _decode_audio(container, track, L.MAX_VIDEO_SECONDS, path, "The video's sound")
         # A track too short to give one audio token is no sound at all for the model.
         audio = audio if len(audio) >= L.MIN_AUDIO_SECONDS * INPUT_SAMPLE_RATE else None
 

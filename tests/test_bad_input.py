@@ -125,8 +125,10 @@ def test_audio_too_short_to_hear(tmp_path):
     message = r"^Audio is too short to hear: 0.01 s, at least 0.1 s is needed \(click.wav\)\.$"
     with pytest.raises(MediaError, match=message):
         load_audio(tmp_path / "click.wav")
-    with pytest.raises(MediaError, match="too short"):
-        media.prepare_audio(np.ones(100, np.float32), 48_000)
+    with pytest.raises(MediaError, match=r"^Audio is too short to hear: 0.01 s, at least 0.1 s is needed\.$"):
+        media.check_audio_clip(np.ones(100, np.float32))  # a recording that never was a file
+    assert len(media.prepare_audio(np.ones(480, np.int16), 48_000)) == 160  # a stream's chunk: any length
+    assert len(media.check_audio_clip(np.zeros(SR // 10, np.float32))) == SR // 10
 
 
 # ---------------------------------------------------------------- mislabelled, truncated, corrupt, unsupported
@@ -315,6 +317,27 @@ def test_video_with_a_sound_track_too_short_to_hear_is_a_silent_video(tmp_path):
         out.mux(video.encode())
     clip = load_video(tmp_path / "blip.mkv")
     assert clip.audio is None and len(clip.frames) == 4
+
+
+def test_video_with_a_sound_track_longer_than_the_limit(tmp_path):
+    """The pictures are short, the sound goes on: the sound is cut off while decoding."""
+    with av.open(str(tmp_path / "talk.mkv"), "w", format="matroska") as out:
+        video = out.add_stream("mpeg4", rate=1)
+        video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
+        sound = out.add_stream("pcm_s16le", rate=8_000, layout="mono")
+        for second in range(int(L.MAX_VIDEO_SECONDS) + 10):
+            pcm = av.AudioFrame.from_ndarray(np.zeros((1, 8_000), np.int16), format="s16", layout="mono")
+            pcm.sample_rate, pcm.pts, pcm.time_base = 8_000, second * 8_000, Fraction(1, 8_000)
+            out.mux(sound.encode(pcm))
+            if second < 4:
+                frame = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
+                frame.pts = second
+                out.mux(video.encode(frame))
+        out.mux(sound.encode())
+        out.mux(video.encode())
+    claim_matroska_duration(tmp_path / "talk.mkv", 4.0)
+    with pytest.raises(MediaError, match=r"^The video's sound is longer than the limit of 60 s \(talk.mkv\)\.$"):
+        load_video(tmp_path / "talk.mkv")
 
 
 def test_video_at_the_duration_limit_is_sampled_at_2fps(tmp_path):
