@@ -82,7 +82,12 @@ class Conversation:
             content = []
             for part in turn.parts:
                 if isinstance(part, Text):
-                    content.append({"type": "text", "text": neutralise_control_tokens(part.text)})
+                    if content and content[-1]["type"] == "text":
+                        # The template writes adjacent texts back to back, so "<|im_" + "start|>" would
+                        # become one token: join them first, then neutralise the whole.
+                        content[-1]["text"] += part.text
+                    else:
+                        content.append({"type": "text", "text": part.text})
                 elif isinstance(part, Audio):
                     content.append({"type": "audio"})
                     media["audio"].append(part.samples)
@@ -96,5 +101,8 @@ class Conversation:
                         if not interleave:
                             content.append({"type": "audio"})
                         media["audio"].append(part.clip.audio)
+            for item in content:
+                if item["type"] == "text":
+                    item["text"] = neutralise_control_tokens(item["text"])
             messages.append({"role": turn.role, "content": content})
         return messages, media
