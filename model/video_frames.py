@@ -48,7 +48,6 @@ VIDEO_MIN_PIXELS = 128 * 28 * 28
 VIDEO_MAX_PIXELS = 768 * 28 * 28
 
 
-
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
     """The (height, width) transformers resizes a frame to: multiples of `factor`, the aspect ratio kept as
     well as rounding allows, the area inside [min_pixels, max_pixels]."""
