@@ -13,7 +13,7 @@ from model.limits import MAX_TEXT_CHARS, UserInputError
 from model.prompt_text import CONTROL_TOKENS, check_user_text, neutralise_control_tokens
 from model.reference import prepare_inputs, reference_generate
 from model.session import AnswerSettings, OmniSession
-from omni_demo.chat import NOTHING_TO_ANSWER, parts_from_message
+from omni_demo.message import NOTHING_TO_ANSWER, parts_from_message
 
 
 def every_added_token(tokenizer) -> list[str]:
@@ -115,8 +115,17 @@ def test_text_limit_and_empty_message():
     assert parts_from_message(" hi ", []) == [Text(" hi ")]
 
 
-def test_long_text_is_refused_by_the_responder(loaded):
-    from omni_demo.chat import Responder, TurnSettings
+def test_long_text_is_refused_by_the_live_session_and_it_goes_on(loaded):
+    from omni_demo.live import LiveSession
+    from omni_demo.worker import ModelWorker
 
-    with pytest.raises(UserInputError, match="the limit is 8,000"):
-        Responder(loaded).answer(Conversation(), [Text("x" * (MAX_TEXT_CHARS + 1))], TurnSettings())
+    worker = ModelWorker()
+    try:
+        live = LiveSession("tab", loaded, worker)
+        live.update(max_new_tokens=4, text_only=True)
+        assert "the limit is 8,000" in live.send("x" * (MAX_TEXT_CHARS + 1), [])
+        assert live.chat == [] and not live.answering  # nothing was sent to the model
+        assert live.send("Short.", []) is None
+        assert worker.idle(120) and live.answer.finished and live.answer.tokens
+    finally:
+        worker.stop()
