@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parse_args(argv)
     from model.loading import LoadError, load_omni
-    from omni_demo.chat import MAX_UPLOAD_BYTES
+    from model.limits import MAX_UPLOAD_BYTES
     from omni_demo.ui import build_app
 
     try:

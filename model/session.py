@@ -159,15 +159,14 @@ class OmniSession:
     # ------------------------------------------------------------------ input
 
     def _turn_text(self, parts: list[Part]) -> str:
-        system = {"role": "system", "content": [{"type": "text", "text": self.system_prompt}]}
         conversation = Conversation(self.system_prompt)
         conversation.add_user(*parts)
-        messages, _ = conversation.model_inputs()
+        messages, _ = conversation.model_inputs()  # the one place text is made safe for the prompt
         user_turn = self.processor.apply_chat_template(messages, add_generation_prompt=True)
         if self.turns == 0:
             return user_turn
         # Later turns follow the previous answer: close it, then the user's turn (without the system part).
-        system_text = self.processor.apply_chat_template([system], add_generation_prompt=False)
+        system_text = self.processor.apply_chat_template(messages[:1], add_generation_prompt=False)
         return "<|im_end|>\n" + user_turn[len(system_text) :]
 
     @torch.no_grad()

@@ -36,12 +36,12 @@ from PIL import Image as PILImage
 from model import constants as C
 from model.conversation import Part, Text
 from model.live_input import SAMPLES_PER_WINDOW
-from model.media import MediaError
+from model.limits import UserInputError
 from model.sampling import Sampling
 from model.session import AnswerDone, AnswerSettings, AudioChunk, ContextTrimmed, OmniSession, Record, TextDelta, Timings
 from omni_demo import gpu
 from omni_demo.capture import MicResampler, camera_frame
-from omni_demo.chat import parts_from_files
+from omni_demo.message import parts_from_message
 from omni_demo.playback import PlaybackClock, PlayerFeed, samples_seconds
 from omni_demo.timings import TurnTiming
 from omni_demo.turns import SpeechConfirmed, SpeechStarted, TurnDetector, TurnDiscarded, TurnEnded, TurnSettings
@@ -246,17 +246,13 @@ class LiveSession:
 
     def send(self, text: str, files: list[str]) -> str | None:
         """A typed message and/or uploads. Returns a message for the user if it was refused."""
-        text = (text or "").strip()
         try:
-            parts: list[Part] = parts_from_files(files)
-        except MediaError as error:
+            parts: list[Part] = parts_from_message(text or "", files)
+        except UserInputError as error:
             with self._lock:
-                self._say_error(str(error))
+                if files:  # a file that cannot be used: say so in the chat, where the upload would have been
+                    self._say_error(str(error))
             return str(error)
-        if text:
-            parts.append(Text(text))  # after the media, as in the model's own examples
-        if not parts:
-            return "Say, type or upload something first."
         with self._lock:
             if self._turn is not None and self._turn.confirmed:
                 return "You are speaking: the typed message was not sent. Send it once you have finished."
@@ -265,8 +261,8 @@ class LiveSession:
             self._cut_in()
             for path in files:
                 self.chat.append({"role": "user", "content": {"path": path}})
-            if text:
-                self.chat.append({"role": "user", "content": text})
+            if any(isinstance(p, Text) for p in parts):
+                self.chat.append({"role": "user", "content": parts[-1].text})
             timing = TurnTiming(len(self.timings) + 1, "typed", time.time())
             self._start_answer(timing, parts=parts)
         return None

@@ -1,0 +1,61 @@
+"""The app on a real Gradio server on loopback: its page config and its HTTP API (gradio_client).
+
+The streaming events (microphone, camera, the answer stream) run only in a browser: tests/test_browser.py.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+import pytest
+
+
+def config(server: str) -> dict:
+    with urllib.request.urlopen(server.rstrip("/") + "/config") as response:
+        return json.loads(response.read())
+
+
+def component(config: dict, elem_id: str) -> dict:
+    return next(c for c in config["components"] if c.get("props", {}).get("elem_id") == elem_id)
+
+
+def test_page_shows_the_model_the_notice_and_the_live_controls(server):
+    page = config(server)
+    texts = [str(c.get("props", {}).get("value", "")) for c in page["components"]]
+    assert any("tiny random-weight" in t and "noise" in t for t in texts)
+    assert "tiny random-weight checkpoint on cpu" in component(page, "model-status")["props"]["value"]
+    voices = next(c for c in page["components"] if c.get("props", {}).get("label") == "Voice")
+    assert [choice[0] for choice in voices["props"]["choices"]] == ["Chelsie", "Ethan"]
+    mic, camera = component(page, "mic")["props"], component(page, "camera")["props"]
+    assert mic["streaming"] and mic["sources"] == ["microphone"]
+    assert camera["streaming"] and camera["sources"] == ["webcam"] and camera["webcam_options"]["mirror"] is False
+    assert "window.omniPlayer" in component(page, "player")["props"]["js_on_load"]
+
+
+def test_a_message_sent_over_http_is_answered_in_its_own_session(live_app):
+    from gradio_client import Client
+
+    app, url = live_app
+    client = Client(url, verbose=False)
+    client.predict({"text": "Hello over HTTP", "files": []}, api_name="/send")
+    deadline = time.monotonic() + 120
+    mine = []
+    while time.monotonic() < deadline:
+        mine = [s for s in app.sessions._sessions.values() if any(m["content"] == "Hello over HTTP" for m in s.chat)]
+        if mine and mine[0].answer.finished:
+            break
+        time.sleep(0.2)
+    assert len(mine) == 1 and mine[0].answer.finished and mine[0].answer.text
+
+
+def test_oversized_upload_is_refused_before_decoding(tmp_path):
+    from model.limits import MAX_UPLOAD_BYTES
+    from model.media import MediaError
+    from omni_demo.message import parts_from_files
+
+    with open(tmp_path / "big.mp4", "wb") as f:
+        f.truncate(MAX_UPLOAD_BYTES + 1)  # sparse: takes no disk
+    with pytest.raises(MediaError, match=r"File is too large: 200.0 MB, the limit is 200 MB \(big.mp4\)"):
+        parts_from_files([str(tmp_path / "big.mp4")])
