@@ -127,6 +127,7 @@ class Answer:
     clip: Path | None = None
     turn: HeardTurn | None = None  # what it answers: a voice turn, or typed/uploaded parts
     parts: list[Part] | None = None
+    history_start: int | None = None  # the conversation's records before this turn (to drop it if it fails)
 
     @property
     def text_only(self) -> bool:
@@ -403,7 +404,7 @@ class LiveSession:
         answer = Answer(timing, self.settings.answer_settings(), PlayerFeed(self._answers), turn=turn, parts=parts)
         self.answer = answer
         if not self.zero_gpu:  # on ZeroGPU, `follow` runs it in a GPU call
-            self.worker.submit(self.key, self._answer_job(answer), self._failed)
+            self.worker.submit(self.key, self._answer_job(answer), lambda error: self._failed(error, answer))
         self._bump()
 
     def _say_error(self, message: str) -> None:
@@ -430,6 +431,7 @@ class LiveSession:
 
     def _answer_job(self, answer: Answer) -> Iterator[None]:
         engine = self._engine_ready()
+        answer.history_start = len(engine.history)
         if answer.turn is not None:
             with self._lock:
                 audio, frames = answer.turn.unsent()
@@ -589,7 +591,7 @@ class LiveSession:
         engine.restore(engine.history)
         yield
 
-    def _failed(self, error: BaseException) -> None:
+    def _failed(self, error: BaseException, answer: Answer | None = None) -> None:
         """A model job raised: the turn is lost, the conversation before it and the session go on."""
         if isinstance(error, torch.OutOfMemoryError) and torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -600,8 +602,10 @@ class LiveSession:
         self.worker.cancel(self.key)  # the rest of the failed turn's jobs
         if self._engine is not None:
             history = self._engine.history
+            if answer is not None and answer.history_start is not None:
+                history = history[: answer.history_start]  # the failed turn, its question and any answer
             while history and history[-1].kind != "answer":
-                history.pop()  # the failed turn's question: it has no answer and is not kept
+                history.pop()  # a turn that was being prefilled: it has no answer and is not kept
             try:
                 self._engine.restore(history)
             except Exception:  # noqa: BLE001 - start afresh rather than stay broken

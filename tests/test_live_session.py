@@ -228,3 +228,29 @@ def test_a_waiting_tab_is_told_its_place(loaded):
         assert second.status().startswith(("🔊", "🎙️", "Ready"))
     finally:
         worker.stop()
+
+
+def test_out_of_memory_inside_a_turn_is_reported_and_the_session_goes_on(loaded, worker):
+    """A GPU out-of-memory mid-answer (raised for real by torch on a GPU; injected here into one decode
+    step): the user is told, the failed turn is dropped, and the conversation before it answers on."""
+    import torch
+
+    live = new_session(loaded, worker, text_only=True)
+    live.send("First question.", [])
+    finish(live, worker)
+    engine = live._engine
+    step = engine.thinker.step
+
+    def out_of_memory(token):
+        engine.thinker.step = step  # once
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    engine.thinker.step = out_of_memory
+    live.send("Second question.", [])
+    finish(live, worker)
+    assert "OutOfMemoryError" in live.chat[-1]["content"] and "conversation is kept" in live.chat[-1]["content"]
+    assert [r.kind for r in live._engine.history] == ["user", "answer"]  # the failed turn is gone
+    live.send("Third question.", [])
+    finish(live, worker)
+    assert [r.kind for r in live._engine.history] == ["user", "answer", "user", "answer"]
+    assert live.answer.tokens

@@ -123,17 +123,20 @@ def test_concurrent_sessions_get_their_own_answers_in_order(load_app):
     temp_before = set(Path(os.environ.get("TMPDIR", "/tmp")).glob("omni-demo-session-*"))
 
     rounds = run_round(app, url, "load")
-    for turn, sessions in enumerate(rounds):
-        assert len({id(s) for s in sessions}) == SESSIONS  # each client is its own session
-        for i, session in enumerate(sessions):
-            asked = [m["content"] for m in session.chat if m["role"] == "user"]
-            assert asked == [f"load session {i} turn {t}: what is {i} plus {t}?" for t in range(turn + 1)]
-            history = session._engine.history
-            assert [r.kind for r in history] == ["user", "answer"] * (turn + 1)
-            assert all(r.payload for r in history if r.kind == "answer")  # a complete answer each turn
-            prompt = app.sessions.loaded.processor.tokenizer.decode(session._engine.thinker.ids)
-            others = [f"session {j} " for j in range(SESSIONS) if j != i]
-            assert not any(other in prompt for other in others)  # nothing of another session
+    sessions = rounds[-1]
+    assert len({id(s) for s in sessions}) == SESSIONS  # each client is its own session
+    assert all(turn == sessions for turn in rounds)  # and keeps it from turn to turn
+    for i, session in enumerate(sessions):
+        asked = [m["content"] for m in session.chat if m["role"] == "user"]
+        assert asked == [f"load session {i} turn {t}: what is {i} plus {t}?" for t in range(TURNS)]
+        history = session._engine.history
+        assert [r.kind for r in history] == ["user", "answer"] * TURNS
+        assert all(r.payload for r in history if r.kind == "answer")  # a complete answer each turn
+        assert len(session.timings) == TURNS and not any(t.interrupted for t in session.timings)
+        prompt = app.sessions.loaded.processor.tokenizer.decode(session._engine.thinker.ids)
+        others = [f"session {j} " for j in range(SESSIONS) if j != i]
+        assert not any(other in prompt for other in others)  # nothing of another session
+    for turn in range(TURNS):
         # One conversation at a time: served in the order they asked.
         finished = [s.timings[turn].turn_end_wall + s.timings[turn].total for s in sessions]
         assert finished == sorted(finished)
