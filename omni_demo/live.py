@@ -203,8 +203,8 @@ class LiveSession:
 
     def hear(self, rate: int, samples: np.ndarray) -> bool:
         """A microphone chunk. Returns True when it ended the user's turn (an answer has started)."""
-        audio = self._resampler(rate, samples)
-        with self._lock:
+        with self._lock:  # Gradio may run two chunks of one stream at once: keep them in order
+            audio = self._resampler(rate, samples)
             if self.closed or not len(audio):
                 return False
             first = self._samples_in
@@ -213,7 +213,8 @@ class LiveSession:
                 self._turn.add(audio)
             else:
                 self._recent.append((first, audio))
-                while self._recent and self._recent[0][0] + len(self._recent[0][1]) < first - PREROLL_KEEP_SECONDS * C.INPUT_SAMPLE_RATE:
+                keep_from = first - PREROLL_KEEP_SECONDS * C.INPUT_SAMPLE_RATE
+                while self._recent and self._recent[0][0] + len(self._recent[0][1]) < keep_from:
                     self._recent.popleft()
             ended = False
             for event in self._detector.feed(audio):

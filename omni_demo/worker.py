@@ -120,22 +120,25 @@ class ModelWorker:
 
     def _run(self) -> None:
         while (picked := self._next()) is not None:
-            key, job = picked
-            with self._lock:
-                cancelled = key in self._cancelled
-            if cancelled:
-                job.steps.close()  # runs the job's own clean-up (finally blocks) on this thread
-                self._finish(key, job, all_jobs=True)
-                continue
-            try:
-                next(job.steps)
-            except StopIteration:
-                self._finish(key, job, all_jobs=False)
-            except BaseException as error:  # noqa: BLE001 - one session's failure must not stop the others
-                log.exception("model job failed")
-                if job.on_error is not None:
-                    try:
-                        job.on_error(error)
-                    except Exception:  # noqa: BLE001
-                        log.exception("error handler failed")
-                self._finish(key, job, all_jobs=False)
+            self._advance(*picked)
+            picked = None  # while waiting for work, hold no finished job (nor the session it belongs to)
+
+    def _advance(self, key: Hashable, job: Job) -> None:
+        with self._lock:
+            cancelled = key in self._cancelled
+        if cancelled:
+            job.steps.close()  # runs the job's own clean-up (finally blocks) on this thread
+            self._finish(key, job, all_jobs=True)
+            return
+        try:
+            next(job.steps)
+        except StopIteration:
+            self._finish(key, job, all_jobs=False)
+        except BaseException as error:  # noqa: BLE001 - one session's failure must not stop the others
+            log.exception("model job failed")
+            if job.on_error is not None:
+                try:
+                    job.on_error(error)
+                except Exception:  # noqa: BLE001
+                    log.exception("error handler failed")
+            self._finish(key, job, all_jobs=False)
