@@ -10,10 +10,8 @@ import logging
 import os
 import sys
 
-from omni_demo.gpu import on_spaces
-
-if on_spaces():
-    import spaces  # noqa: F401  - must be imported before torch initialises CUDA on ZeroGPU
+if os.environ.get("SPACE_ID"):  # on Hugging Face Spaces
+    import spaces  # noqa: F401  - before torch and CUDA: ZeroGPU patches them at import
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -25,9 +23,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "a Hugging Face id such as Qwen/Qwen2.5-Omni-7B, or a checkpoint directory",
     )
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--host", default="0.0.0.0" if on_spaces() else "127.0.0.1")
+    on_spaces = bool(os.environ.get("SPACE_ID"))
+    parser.add_argument("--host", default="0.0.0.0" if on_spaces else "127.0.0.1",
+                        help="address to listen on (default 127.0.0.1; 0.0.0.0 on Spaces)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 7860)))
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    parser.add_argument("--max-active", type=int, default=2, metavar="N",
+                        help="conversations that share the model step by step; others wait their turn (default 2)")
     return parser.parse_args(argv)
 
 
@@ -35,8 +37,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parse_args(argv)
     from model.loading import LoadError, load_omni
-    from omni_demo.chat import MAX_UPLOAD_BYTES
-    from omni_demo.ui import build_demo
+    from model.limits import MAX_UPLOAD_BYTES
+    from omni_demo.ui import build_app
 
     try:
         loaded = load_omni(args.model, device=args.device)
@@ -44,9 +46,11 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     logging.info("loaded %s", loaded.describe())
-    demo = build_demo(loaded)
-    demo.queue(default_concurrency_limit=1).launch(
-        server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD_BYTES
+    app = build_app(loaded, max_active=args.max_active)
+    # Handlers only buffer and return; the model runs on the app's own worker, so Gradio's queue need not
+    # serialise anything. Each open tab holds a few threads (its streams and its answer).
+    app.demo.queue(default_concurrency_limit=None).launch(
+        server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD_BYTES, max_threads=80
     )
     return 0
 

@@ -52,7 +52,7 @@ def read_parts(files: list[str], text: str | None) -> list:
     """The user turn: the files' parts in order, then the text."""
     from model.conversation import Text
     from model.media import MediaError
-    from omni_demo.chat import parts_from_files
+    from omni_demo.message import parts_from_files
 
     try:
         parts = parts_from_files(files)

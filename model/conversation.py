@@ -8,6 +8,7 @@ import numpy as np
 
 from model import constants as C
 from model.media import VideoClip
+from model.prompt_text import neutralise_control_tokens
 
 
 @dataclass
@@ -68,15 +69,25 @@ class Conversation:
         return bool(videos) and all(v.audio is not None for v in videos)
 
     def model_inputs(self) -> tuple[list[dict], dict[str, list]]:
-        """Chat-template messages and the media lists in prompt order (audio, images, videos)."""
+        """Chat-template messages and the media lists in prompt order (audio, images, videos).
+
+        Every prompt goes through here, so this is where text becomes safe: control-token strings in the
+        system prompt and in text parts are broken so they tokenize as plain text (model.prompt_text).
+        """
         interleave = self.use_audio_in_video()
         media: dict[str, list] = {"audio": [], "images": [], "videos": []}
-        messages = [{"role": "system", "content": [{"type": "text", "text": self.system_prompt}]}]
+        system = neutralise_control_tokens(self.system_prompt)
+        messages = [{"role": "system", "content": [{"type": "text", "text": system}]}]
         for turn in self.turns:
             content = []
             for part in turn.parts:
                 if isinstance(part, Text):
-                    content.append({"type": "text", "text": part.text})
+                    if content and content[-1]["type"] == "text":
+                        # The template writes adjacent texts back to back, so "<|im_" + "start|>" would
+                        # become one token: join them first, then neutralise the whole.
+                        content[-1]["text"] += part.text
+                    else:
+                        content.append({"type": "text", "text": part.text})
                 elif isinstance(part, Audio):
                     content.append({"type": "audio"})
                     media["audio"].append(part.samples)
@@ -90,5 +101,8 @@ class Conversation:
                         if not interleave:
                             content.append({"type": "audio"})
                         media["audio"].append(part.clip.audio)
+            for item in content:
+                if item["type"] == "text":
+                    item["text"] = neutralise_control_tokens(item["text"])
             messages.append({"role": turn.role, "content": content})
         return messages, media

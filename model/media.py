@@ -3,6 +3,10 @@
 Audio becomes 16 kHz mono float32, images RGB, videos frames sampled the way Qwen2.5-Omni was trained
 (2 fps, `qwen-omni-utils` `fetch_video`) plus their audio track. Every failure is a `MediaError` whose
 message can be shown to the user as it is.
+
+The limits of `model.limits` are enforced here, each as early as it can be: the file size before opening,
+the image header's size and the container's declared duration before decoding, the frames counted before
+any is decoded, and the samples decoded as they come (a header can lie about the length).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 import soundfile
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from model import limits as L
 from model.constants import INPUT_SAMPLE_RATE, VIDEO_FPS
 
 # libsndfile reads these directly; PyAV (FFmpeg) decodes everything else, including video audio tracks.
@@ -26,6 +31,9 @@ _SOUNDFILE_BLOCK = 65_536  # samples per read: bounded memory for long recording
 
 # FFmpeg's demuxers for ANSI/BIN text art "play" any plain text file as video; text is not media here.
 _TEXT_DEMUXERS = {"tty", "bin", "xbin", "adf", "idf"}
+# Its image demuxers (image2, png_pipe, svg_pipe...) take a file PIL could not read, guessed from its name,
+# as a one-frame "video": images are PIL's job, so such a file is not readable media.
+_IMAGE_DEMUXERS = {"image2", "image2pipe"}
 
 # qwen-omni-utils' frame-count rule (vision_process.py): frames go to the vision encoder in pairs
 # (temporal patch 2), at least 4 and at most 768 of them.
@@ -34,7 +42,7 @@ MIN_FRAMES = 4
 MAX_FRAMES = 768
 
 
-class MediaError(ValueError):
+class MediaError(L.UserInputError):
     """A file the app cannot use; the message is one sentence meant for the user."""
 
 
@@ -53,15 +61,40 @@ def prepare_audio(samples: np.ndarray, sample_rate: int, target_rate: int = INPU
     """Any PCM array, (n,) or (n, channels), int or float, at any rate -> mono float32 at `target_rate`
     (the model's 16 kHz unless told otherwise).
 
-    This is also the path for arrays that never were files (a browser microphone's int16 at 48 kHz).
+    This is also the path for arrays that never were files (a browser microphone's int16 at 48 kHz), and
+    for chunks of a stream: any length is fine here. A whole recording that is to be one `Audio` part goes
+    through `check_audio_clip` too.
     """
     if samples.size == 0:
         raise MediaError("Audio has no samples.")
+    seconds = len(samples) / sample_rate
+    if seconds > L.MAX_AUDIO_SECONDS:
+        raise MediaError(_too_long("Audio", seconds, L.MAX_AUDIO_SECONDS))
     return _resample_mono([_mono(_to_float(samples))], sample_rate, target_rate)
 
 
+def check_audio_clip(samples: np.ndarray, name: str | None = None) -> np.ndarray:
+    """A whole clip (16 kHz mono) as it is, if the model can take it as one audio part; else a MediaError.
+
+    Silence is valid input and passes; a clip too short to give one audio token, or longer than the
+    processor's window, does not. `name` (a file's) goes into the message.
+    """
+    if len(samples) == 0:
+        raise MediaError(f"Audio has no samples{_named(name)}.")
+    seconds = len(samples) / INPUT_SAMPLE_RATE
+    if seconds < L.MIN_AUDIO_SECONDS:
+        needed = f"at least {L.MIN_AUDIO_SECONDS:g} s is needed"
+        raise MediaError(f"Audio is too short to hear: {seconds:.2f} s, {needed}{_named(name)}.")
+    if seconds > L.MAX_AUDIO_SECONDS + L.DECODE_SLACK_SECONDS:  # the slack: a file's decoder padding
+        raise MediaError(_too_long("Audio", seconds, L.MAX_AUDIO_SECONDS, name))
+    return samples
+
+
 def load_audio(path: str | Path) -> np.ndarray:
-    """An audio file, or the audio track of a video file, as 16 kHz mono float32."""
+    """An audio file, or the audio track of a video file, as 16 kHz mono float32.
+
+    Silence is valid input and decodes as it is; only a file with (next to) no samples is refused.
+    """
     path = _existing_file(path)
     audio = None
     if path.suffix.lower() in _SOUNDFILE_SUFFIXES:
@@ -71,15 +104,24 @@ def load_audio(path: str | Path) -> np.ndarray:
             pass  # a misnamed file or a codec libsndfile lacks: let FFmpeg try before giving up
     if audio is None:
         audio = _load_with_pyav(path)
-    if audio.size == 0:
-        raise MediaError(f"Audio has no samples ({path.name}).")
-    return audio
+    return check_audio_clip(audio, path.name)
+
+
+def _too_long(what: str, seconds: float | None, limit: float, name: str | None = None) -> str:
+    if seconds is None:  # found while decoding: the header said less
+        return f"{what} is longer than the limit of {limit:.0f} s{_named(name)}."
+    return f"{what} is {math.ceil(seconds)} s long; the limit is {limit:.0f} s{_named(name)}."
+
+
+def _named(name: str | None) -> str:
+    return f" ({name})" if name else ""
 
 
 def _load_with_soundfile(path: Path) -> np.ndarray:
     with soundfile.SoundFile(path) as f:
+        _refuse_declared_duration(f.frames / f.samplerate if f.frames > 0 else None, L.MAX_AUDIO_SECONDS, "Audio", path)
         blocks = (_mono(b) for b in f.blocks(_SOUNDFILE_BLOCK, dtype="float32", always_2d=True))
-        return _resample_mono(blocks, f.samplerate)
+        return _resample_mono(_bounded(blocks, f.samplerate, L.MAX_AUDIO_SECONDS, "Audio", path), f.samplerate)
 
 
 def _load_with_pyav(path: Path) -> np.ndarray:
@@ -87,10 +129,11 @@ def _load_with_pyav(path: Path) -> np.ndarray:
         stream = _first_stream(container.streams.audio, "audio", path)
         if stream is None:
             raise MediaError(f"This file has no audio track ({path.name}).")
-        return _decode_audio(container, stream)
+        _refuse_declared_duration(_declared_seconds(container, stream), L.MAX_AUDIO_SECONDS, "Audio", path)
+        return _decode_audio(container, stream, L.MAX_AUDIO_SECONDS, path)
 
 
-def _decode_audio(container, stream) -> np.ndarray:
+def _decode_audio(container, stream, max_seconds: float, path: Path, what: str = "Audio") -> np.ndarray:
     def mono_chunks() -> Iterator[np.ndarray]:
         for frame in container.decode(stream):
             pcm = frame.to_ndarray()
@@ -99,7 +142,34 @@ def _decode_audio(container, stream) -> np.ndarray:
             yield _mono(_to_float(pcm).T)
 
     rate = stream.codec_context.sample_rate
-    return _resample_mono(mono_chunks(), rate)
+    return _resample_mono(_bounded(mono_chunks(), rate, max_seconds, what, path), rate)
+
+
+def _declared_seconds(container, stream) -> float | None:
+    """The longest duration the file's headers state for `stream` (stream and container), if any."""
+    stated = []
+    if stream.duration and stream.time_base:
+        stated.append(float(stream.duration * stream.time_base))
+    if container.duration:
+        stated.append(container.duration / av.time_base)
+    return max(stated) if stated else None
+
+
+def _refuse_declared_duration(seconds: float | None, limit: float, what: str, path: Path) -> None:
+    """Before decoding: a file whose header says it is too long is refused without reading its samples."""
+    if seconds is not None and seconds > limit:
+        raise MediaError(_too_long(what, seconds, limit, path.name))
+
+
+def _bounded(chunks: Iterable[np.ndarray], rate: int, limit: float, what: str, path: Path) -> Iterator[np.ndarray]:
+    """While decoding: stop once more than `limit` seconds came out, whatever the header claimed."""
+    most = int((limit + L.DECODE_SLACK_SECONDS) * rate)
+    seen = 0
+    for chunk in chunks:
+        seen += len(chunk)
+        if seen > most:
+            raise MediaError(_too_long(what, None, limit, path.name))
+        yield chunk
 
 
 def _to_float(samples: np.ndarray) -> np.ndarray:
@@ -149,6 +219,7 @@ def load_image(path: str | Path) -> Image.Image:
     path = _existing_file(path)
     try:
         with Image.open(path) as image:
+            _check_picture_size(image.width, image.height, L.MAX_IMAGE_PIXELS, "image", path)  # header only
             image = ImageOps.exif_transpose(image)  # also forces a full decode, so truncation shows here
             if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
                 # Transparent pixels keep arbitrary colours underneath; show them as white, as
@@ -157,12 +228,24 @@ def load_image(path: str | Path) -> Image.Image:
                 image = Image.new("RGB", rgba.size, (255, 255, 255))
                 image.paste(rgba, mask=rgba.getchannel("A"))
             return image.convert("RGB")
-    except Image.DecompressionBombError as err:
-        raise MediaError(f"This image is too large to open ({path.name}).") from err
+    except Image.DecompressionBombError as err:  # PIL's own, far larger, limit: refused in Image.open
+        raise MediaError(f"This image has too many pixels to open ({path.name}).") from err
     except UnidentifiedImageError as err:  # its message repeats the full path; the name is enough
         raise MediaError(f"This file is not a readable image ({path.name}).") from err
     except (OSError, SyntaxError) as err:  # PIL reports damaged data as either ("image file is truncated")
-        raise MediaError(f"This file is not a readable image ({path.name}: {err}).") from err
+        raise MediaError(f"This file is not a readable image: it is damaged or cut short ({path.name}).") from err
+
+
+def _check_picture_size(width: int, height: int, max_pixels: int, what: str, path: Path) -> None:
+    if width * height > max_pixels:
+        raise MediaError(
+            f"This {what} is {width}x{height}, {width * height / 1e6:.0f} megapixels; the limit is "
+            f"{max_pixels / 1e6:.0f} megapixels ({path.name})."
+        )
+    if width < 1 or height < 1 or max(width, height) / min(width, height) > L.MAX_ASPECT_RATIO:
+        raise MediaError(
+            f"This {what} is {width}x{height}, too narrow for the model: at most {L.MAX_ASPECT_RATIO}:1 ({path.name})."
+        )
 
 
 # ---------------------------------------------------------------- video
@@ -196,11 +279,18 @@ def load_video(path: str | Path, fps: float = VIDEO_FPS, with_audio: bool = True
     # before decoding and never hold the others.
     with _open_media(path, "video file") as container:
         stream = _video_stream(container, path)
-        total = sum(1 for p in container.demux(stream) if p.size)
+        _refuse_declared_duration(_declared_seconds(container, stream), L.MAX_VIDEO_SECONDS, "Video", path)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if width and height:  # 0 where the header does not say; the first decoded frame is checked then
+            _check_picture_size(width, height, L.MAX_VIDEO_FRAME_PIXELS, "video", path)
+        total = _count_frames(container, stream, path)
         video_fps = _frame_rate(stream, container, total, path)
         has_audio = _first_stream(container.streams.audio, "audio", path) is not None
     if total == 0:
         raise MediaError(f"Video has no frames ({path.name}).")
+    # The frames counted, not the header's duration: a header can claim any length.
+    if total / video_fps > L.MAX_VIDEO_SECONDS + L.DECODE_SLACK_SECONDS:
+        raise MediaError(_too_long("Video", total / video_fps, L.MAX_VIDEO_SECONDS, path.name))
 
     frames, times, decoded = _decode_sampled(path, total, video_fps, fps)
     if decoded != total:  # a packet that decodes to no frame: sample again from the true count
@@ -212,12 +302,28 @@ def load_video(path: str | Path, fps: float = VIDEO_FPS, with_audio: bool = True
     audio = None
     if with_audio and has_audio:
         with _open_media(path, "video file") as container:
-            audio = _decode_audio(container, _first_stream(container.streams.audio, "audio", path))
-        audio = audio if audio.size else None
+            track = _first_stream(container.streams.audio, "audio", path)
+            audio = _decode_audio(container, track, L.MAX_VIDEO_SECONDS, path, "The video's sound")
+        # A track too short to give one audio token is no sound at all for the model.
+        audio = audio if len(audio) >= L.MIN_AUDIO_SECONDS * INPUT_SAMPLE_RATE else None
 
     # The sampled rate as qwen-omni-utils reports it: nframes over the video's duration (total / fps).
     sampled_fps = len(frames) / total * video_fps
     return VideoClip(frames=np.stack(frames), timestamps=np.asarray(times), fps=sampled_fps, audio=audio)
+
+
+def _count_frames(container, stream, path: Path) -> int:
+    """Pass 1 demuxes without decoding; it stops counting past the most frames an allowed video can have."""
+    most = int(L.MAX_VIDEO_SECONDS * L.MAX_VIDEO_SOURCE_FPS)
+    total = 0
+    for packet in container.demux(stream):
+        total += bool(packet.size)
+        if total > most:
+            raise MediaError(
+                f"Video has more than {most:,} frames; the limit is {L.MAX_VIDEO_SECONDS:.0f} s at up to "
+                f"{L.MAX_VIDEO_SOURCE_FPS:.0f} frames per second ({path.name})."
+            )
+    return total
 
 
 def _decode_sampled(path: Path, total: int, video_fps: float, fps: float) -> tuple[list, list, int]:
@@ -238,7 +344,9 @@ def _decode_sampled(path: Path, total: int, video_fps: float, fps: float) -> tup
                 origin = frame.time
             if index >= total or not keep[index]:
                 continue
-            size = size or (frame.width, frame.height)  # a stream may change size; keep the first
+            if size is None:  # a stream may change size; keep the first
+                _check_picture_size(frame.width, frame.height, L.MAX_VIDEO_FRAME_PIXELS, "video", path)
+                size = (frame.width, frame.height)
             frames.append(frame.reformat(width=size[0], height=size[1], format="rgb24").to_ndarray())
             known = frame.time is not None and origin is not None
             times.append(frame.time - origin if known else index / video_fps)
@@ -292,7 +400,7 @@ def media_kind(path: str | Path) -> str:
         pass
     try:
         with av.open(str(path)) as container:
-            if not _is_text(container):
+            if not _not_media(container):
                 if _first_stream(_moving_pictures(container), "video", path) is not None:
                     return "video"
                 if _first_stream(container.streams.audio, "audio", path) is not None:
@@ -303,16 +411,23 @@ def media_kind(path: str | Path) -> str:
 
 
 def _existing_file(path: str | Path) -> Path:
+    """The path of a file that exists, is not empty and is within the size limit: checked before opening."""
     path = Path(path)
     if not path.is_file():
         raise MediaError(f"File not found ({path.name}).")
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise MediaError(f"File is empty ({path.name}).")
+    if size > L.MAX_UPLOAD_BYTES:
+        raise MediaError(
+            f"File is too large: {size / L.MIB:.1f} MB, the limit is {L.MAX_UPLOAD_BYTES / L.MIB:.0f} MB ({path.name})."
+        )
     return path
 
 
-def _is_text(container) -> bool:
-    return bool(_TEXT_DEMUXERS & set(container.format.name.split(",")))
+def _not_media(container) -> bool:
+    names = set(container.format.name.split(","))
+    return bool(names & (_TEXT_DEMUXERS | _IMAGE_DEMUXERS)) or any(n.endswith("_pipe") for n in names)
 
 
 @contextmanager
@@ -321,10 +436,12 @@ def _open_media(path: Path, what: str):
     try:
         with av.open(str(path)) as container:
             # FFmpeg "opens" some garbage after a valid header, finding nothing; and text as text art.
-            if not container.streams or _is_text(container):
+            if not container.streams or _not_media(container):
                 reason = "no audio or video in it"
                 raise MediaError(f"This file is not a readable {what} ({path.name}: {reason}).")
             yield container
+    except av.error.InvalidDataError as err:  # FFmpeg's words: "Invalid data found when processing input"
+        raise MediaError(f"This file is not a readable {what}: it is damaged or cut short ({path.name}).") from err
     except av.error.FFmpegError as err:
         reason = err.strerror or type(err).__name__
         raise MediaError(f"This file is not a readable {what} ({path.name}: {reason}).") from err

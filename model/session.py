@@ -75,8 +75,9 @@ Event = TextDelta | AudioChunk | AnswerDone | ContextTrimmed
 
 
 @dataclass
-class _Record:
-    """One piece of the conversation as it was given, to rebuild the caches without the oldest turns."""
+class Record:
+    """One piece of the conversation as it was given: enough to rebuild the caches (without the oldest
+    turns, with another system prompt, or in another process). Picklable."""
 
     kind: str  # "user" (parts), "live" (audio, frames) or "answer" (tokens)
     payload: object
@@ -148,7 +149,7 @@ class OmniSession:
         self.last_live_features: torch.Tensor | None = None  # the last live turn's per-window log-mel
         # The rope ids the thinker was trained with; the conversation is trimmed before it would pass them.
         self.max_positions = max_positions or self.model.thinker.config.text_config.max_position_embeddings
-        self._records: list[_Record] = []
+        self._records: list[Record] = []
         self._replaying = False
         self._input_ended: float | None = None  # when the user's turn ended: the timings' zero
 
@@ -160,15 +161,14 @@ class OmniSession:
     # ------------------------------------------------------------------ input
 
     def _turn_text(self, parts: list[Part]) -> str:
-        system = {"role": "system", "content": [{"type": "text", "text": self.system_prompt}]}
         conversation = Conversation(self.system_prompt)
         conversation.add_user(*parts)
-        messages, _ = conversation.model_inputs()
+        messages, _ = conversation.model_inputs()  # the one place text is made safe for the prompt
         user_turn = self.processor.apply_chat_template(messages, add_generation_prompt=True)
         if self.turns == 0:
             return user_turn
         # Later turns follow the previous answer: close it, then the user's turn (without the system part).
-        system_text = self.processor.apply_chat_template([system], add_generation_prompt=False)
+        system_text = self.processor.apply_chat_template(messages[:1], add_generation_prompt=False)
         return "<|im_end|>\n" + user_turn[len(system_text) :]
 
     @torch.no_grad()
@@ -257,6 +257,14 @@ class OmniSession:
         live.frames.append(np.asarray(frame, dtype=np.uint8))
         live.next_frame_time = len(live.frames) / C.VIDEO_FPS
         self._prefill_ready_windows()
+
+    def feed(self, audio: np.ndarray, frames=()) -> None:
+        """More of a live turn at once: camera frames (each with its seconds into the turn) first, so that
+        every 2 s window is complete when its audio arrives, then 16 kHz audio."""
+        for frame, seconds in frames:
+            self.feed_frame(frame, seconds)
+        if len(audio):
+            self.feed_audio(audio)
 
     def feed_live(self, *parts: Part, chunk_samples: int = 1600) -> None:
         """Feeds recorded audio and video parts as one live stream in real-time order (audio in 0.1 s chunks,
@@ -403,7 +411,7 @@ class OmniSession:
 
     def _record(self, kind: str, payload, start: int) -> None:
         if not self._replaying:
-            self._records.append(_Record(kind, payload, self.thinker.next_position - start))
+            self._records.append(Record(kind, payload, self.thinker.next_position - start))
 
     def _trim(self, keep_last: int, room: int = 0) -> int:
         """Drops the oldest exchanges until the rest plus `room` fits in half the positions, then rebuilds
@@ -414,12 +422,23 @@ class OmniSession:
             first += 1
             while first < len(records) - keep_last and records[first].kind == "answer":
                 first += 1  # an answer goes with its question
-        kept = records[first:]
+        self.restore(records[first:])
+        return sum(1 for r in records[:first] if r.kind != "answer")
+
+    @property
+    def history(self) -> list[Record]:
+        """The conversation as it was given, for `restore` (here or in another process)."""
+        return list(self._records)
+
+    def restore(self, history: list[Record]) -> None:
+        """Rebuilds the caches from `history`, e.g. with a new system prompt, after a failed turn, or in a
+        ZeroGPU call whose process has no caches. A live turn in progress is dropped."""
         self.thinker = ThinkerStream(self.model.thinker)
         self.talker = TalkerStream(self.model.talker) if self.talker is not None else None
         self._talker_fed, self._closing, self.turns, self._logits = 0, [], 0, None
+        self._live = None
         self._records = []
-        for record in kept:
+        for record in history:
             start = self.thinker.next_position
             self._replaying = True
             try:
@@ -436,8 +455,25 @@ class OmniSession:
                     self._replay_answer(record.payload)
             finally:
                 self._replaying = False
-            self._records.append(_Record(record.kind, record.payload, self.thinker.next_position - start))
-        return sum(1 for r in records[:first] if r.kind != "answer")
+            self._records.append(Record(record.kind, record.payload, self.thinker.next_position - start))
+
+    def keep_answer(self, count: int) -> None:
+        """Keeps only the first `count` tokens of the last answer, e.g. what the user heard before cutting in:
+        the caches and the history forget the rest, and the next turn closes the answer there."""
+        if not self._records or self._records[-1].kind != "answer" or self._live is not None:
+            raise RuntimeError("keep_answer must follow an answer")
+        tokens = self._records[-1].payload
+        if count >= len(tokens):
+            return
+        kept = tokens[: max(0, count)]
+        unfed = len(self._closing) + (tokens[-1] == C.IM_END_ID)  # chosen, never fed: 0 or 1
+        drop = len(tokens) - unfed - len(kept)
+        self._records[-1] = Record("answer", kept, self._records[-1].span - max(drop, 0))
+        self._closing = []  # all that is kept is in the cache (drop >= 0); the next turn's text closes it
+        if drop > 0 and self._talker_fed > len(self.thinker.talker_states) - drop:
+            self.restore(self._records)  # the talker has read those states too (after a restore): rebuild
+        elif drop > 0:
+            self.thinker.forget_last(drop)
 
     def _replay_answer(self, tokens: list[int]) -> None:
         fed = tokens[:-1]
@@ -520,6 +556,7 @@ class OmniSession:
         answer_start = self.thinker.next_position
         self._interrupt.clear()
         interrupted = False
+        fed = 0  # answer tokens in the thinker's cache; a chosen token is fed only if decoding goes on
 
         def audio_events(chunks) -> Iterator[AudioChunk]:
             for samples in chunks:
@@ -553,9 +590,10 @@ class OmniSession:
             if settled:
                 return
             settled = True
-            # The last token was chosen but never fed; the next turn starts with it (unless <|im_end|>).
-            self._closing = [] if not tokens or tokens[-1] == C.IM_END_ID else [tokens[-1]]
-            self._records.append(_Record("answer", list(tokens), self.thinker.next_position - answer_start))
+            # A token chosen but never fed starts the next turn (unless it is <|im_end|>, which the next
+            # turn's text brings itself). An interrupt can land after the last token was fed: then none is.
+            self._closing = [t for t in tokens[fed:] if t != C.IM_END_ID]
+            self._records.append(Record("answer", list(tokens), self.thinker.next_position - answer_start))
             if speaking:
                 self.talker.end_answer()
 
@@ -574,6 +612,7 @@ class OmniSession:
                 if token == C.IM_END_ID or len(tokens) >= settings.max_new_tokens:
                     break
                 logits, state = self.thinker.step(token)
+                fed += 1
                 history = torch.cat([history, torch.tensor([[token]], device=device)], dim=1)
                 if not talker_done:
                     yield from talk_step(state)

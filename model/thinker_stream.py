@@ -89,6 +89,14 @@ class ThinkerStream:
         self.next_position += 1
         return self.thinker.lm_head(hidden[:, -1]), state
 
+    def forget_last(self, count: int) -> None:
+        """Drops the last `count` decoded tokens (one `step` each) from the cache and the talker states."""
+        if any(state.shape[1] != 1 for state in self.talker_states[-count:]):
+            raise ValueError("forget_last drops decoded tokens only, not prefilled segments")
+        self.cache.crop(-count)
+        del self.ids[-count:], self.talker_states[-count:], self.state_positions[-count:]
+        self.next_position -= count
+
     def text_segment(self, ids: list[int]) -> Segment:
         """Plain text tokens that follow the cache (all three rope ids advance together)."""
         tensor = torch.tensor([ids], device=self.device)

@@ -39,13 +39,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model.limits import MAX_ASPECT_RATIO
+
 # Qwen2_5OmniProcessor passes these to its video processor on every call (its class-level `videos_kwargs`),
 # overriding the `min_pixels`/`max_pixels` of preprocessor_config.json, which are the image budget
 # (3136 .. 12845056). A video frame therefore gets 128 to 768 tokens' worth of pixels (28x28 per token).
 VIDEO_MIN_PIXELS = 128 * 28 * 28
 VIDEO_MAX_PIXELS = 768 * 28 * 28
-
-MAX_ASPECT_RATIO = 200  # transformers refuses frames more elongated than this
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:

@@ -1,132 +1,185 @@
-"""The Gradio Blocks page: a chat with text, uploads, a voice choice, and text plus speech answers."""
+"""The Gradio Blocks page: camera and microphone in, streamed text and speech out, per-turn timings.
+
+Handlers only move values between the page and the tab's `LiveSession`. One event writes the chat, the
+player, the status and the timings: `follow`, started by a hidden counter that the microphone handler (a
+turn ended), the message box, Stop and Clear bump. Two events streaming into one component would corrupt
+each other's diffs, so nothing else writes those.
+"""
 
 from __future__ import annotations
 
+import itertools
 import logging
+from dataclasses import dataclass
+
 import gradio as gr
-import numpy as np
 
 from model import constants as C
-from model.conversation import Conversation, Text
-from model.media import MediaError
-from omni_demo.chat import Reply, Responder, TurnSettings, parts_from_files
-from omni_demo.gpu import gpu
+from omni_demo import gpu
+from omni_demo.live import ChatSettings, View
+from omni_demo.playback import PLAYER_SCRIPT
+from omni_demo.sessions import Sessions
+from omni_demo.timings import chart, summary
+from omni_demo.worker import ModelWorker
 
 log = logging.getLogger(__name__)
 
 UPLOAD_TYPES = ["audio", "image", "video"]
-
-# The one model of this process. A module global because a ZeroGPU call runs in a forked worker that must
-# reach the model without pickling it.
-_responder: Responder | None = None
-
-
-def _gpu_seconds(conversation: Conversation, parts, settings: TurnSettings) -> int:
-    """ZeroGPU time to reserve for one turn: grows with the answer's length and the media to encode."""
-    media_seconds = sum(getattr(p, "seconds", 0.0) for p in parts)
-    return int(min(240, 30 + settings.max_new_tokens * 0.2 + media_seconds))
-
-
-@gpu(duration=_gpu_seconds)
-def run_turn(conversation: Conversation, parts, settings: TurnSettings) -> Reply:
-    return _responder.answer(conversation, parts, settings)
+# Microphone chunk length. Shorter ends a turn sooner after the silence (a chunk is judged when it arrives);
+# the handler must stay well under it, since Gradio keeps only the latest chunk of a slow handler.
+MIC_CHUNK_SECONDS = 0.2
+CAMERA_FRAME_SECONDS = 1 / C.VIDEO_FPS  # the model's 2 fps
+PROMPT_WARNING = (
+    "⚠️ The model speaks only with the default system prompt; with another one, answers may be text only or "
+    "the speech may be wrong. Put a persona in your first message instead."
+)
+PLAYER_HTML = "<div class='omni-player'>🔈 Speech plays here as it is generated.</div>"
 
 
-def _user_messages(text: str, files: list[str]) -> list[dict]:
-    messages = [{"role": "user", "content": {"path": path}} for path in files]
-    if text:
-        messages.append({"role": "user", "content": text})
-    return messages
+@dataclass
+class App:
+    demo: gr.Blocks
+    sessions: Sessions
+    worker: ModelWorker
 
 
-def _as_int16(waveform: np.ndarray) -> np.ndarray:
-    # Gradio peak-normalises float audio; int16 plays the model's own levels.
-    return (np.clip(waveform, -1.0, 1.0) * 32767).astype(np.int16)
+def optional_int(value) -> int | None:
+    return None if value is None or value == "" else int(value)
 
 
-def respond(message, history, conversation, voice, text_only, system_prompt, max_new_tokens, temperature):
-    message = message or {}
-    text = (message.get("text") or "").strip()
-    files = [f if isinstance(f, str) else f.get("path") for f in message.get("files") or []]
-    history = list(history or [])
-    settings = TurnSettings(voice, bool(text_only), system_prompt or C.AUDIO_SYSTEM_PROMPT, int(max_new_tokens), float(temperature))
-    try:
-        parts = parts_from_files(files)
-    except MediaError as error:
-        gr.Warning(str(error))
-        yield message, history + [_error_message(str(error))], conversation, None
-        return
-    if text:
-        parts.append(Text(text))  # after the media, as in the model's own examples
-    shown = history + _user_messages(text, files)
-    yield gr.MultimodalTextbox(value=None, interactive=False), shown + [{"role": "assistant", "content": "…"}], conversation, None
-    try:
-        reply = run_turn(conversation, parts, settings)
-    except ValueError as error:  # a problem with the input: say it, keep everything
-        gr.Warning(str(error))
-        yield gr.MultimodalTextbox(value=message, interactive=True), history + [_error_message(str(error))], conversation, None
-        return
-    except Exception as error:  # noqa: BLE001 - the session must survive whatever the model raised
-        log.exception("turn failed")
-        note = f"The model failed on this turn ({type(error).__name__}). Your conversation is kept; try again."
-        gr.Warning(note)
-        yield gr.MultimodalTextbox(value=message, interactive=True), history + [_error_message(note)], conversation, None
-        return
-    answer = {"role": "assistant", "content": reply.text or "(no text)"}
-    audio = None if reply.waveform is None else (C.OUTPUT_SAMPLE_RATE, _as_int16(reply.waveform))
-    yield gr.MultimodalTextbox(value=None, interactive=True), shown + [answer], reply.conversation, audio
+def _render(view: View) -> tuple:
+    last = summary(view.timings[-1]) if view.timings else ""
+    return view.chat, view.player, view.status, last, chart(view.timings)
 
 
-def _error_message(text: str) -> dict:
-    return {"role": "assistant", "content": text, "metadata": {"title": "⚠️ Could not answer"}}
+def build_app(loaded, max_active: int = 2, zero_gpu: bool | None = None, defaults: ChatSettings | None = None) -> App:
+    """The page around `loaded`. On ZeroGPU (found from the environment unless told) each turn is one GPU
+    call made by the `follow` event; elsewhere the model worker runs everything."""
+    zero_gpu = gpu.on_zero_gpu() if zero_gpu is None else zero_gpu
+    gpu.serve(loaded)
+    worker = ModelWorker(max_active=max_active)
+    defaults = defaults or ChatSettings()
+    sessions = Sessions(loaded, worker, zero_gpu, defaults)
+    counter = itertools.count(1)  # values for the hidden trigger: each bump must differ from the last
 
+    def session(request: gr.Request):
+        return sessions.get(request.session_hash)
 
-def _prompt_warning(system_prompt: str):
-    changed = (system_prompt or "").strip() != C.AUDIO_SYSTEM_PROMPT
-    return gr.Markdown(visible=changed)
+    def on_mic(chunk, request: gr.Request):
+        if chunk is None:
+            return gr.skip(), gr.skip()
+        live = session(request)
+        was_hearing = live.hearing
+        rate, samples = chunk
+        ended = live.hear(rate, samples)
+        hearing = gr.skip() if live.hearing == was_hearing else ("👂 Hearing you…" if live.hearing else "🎙️ Listening")
+        return (next(counter) if ended else gr.skip()), hearing
 
+    def on_frame(frame, request: gr.Request):
+        if frame is not None:
+            session(request).see(frame)
 
-def build_demo(loaded, responder: Responder | None = None) -> gr.Blocks:
-    global _responder
-    _responder = responder or Responder(loaded)
+    def follow(request: gr.Request):
+        for view in session(request).follow():
+            yield _render(view)
 
-    with gr.Blocks(title="Qwen2.5-Omni demo") as demo:
-        gr.Markdown("# Qwen2.5-Omni\nTalk to the model with text, audio, images and video; it answers in text and speech.")
+    def on_send(message, request: gr.Request):
+        message = message or {}
+        files = [f if isinstance(f, str) else f.get("path") for f in message.get("files") or []]
+        refused = session(request).send(message.get("text") or "", files)
+        if refused:
+            gr.Warning(refused)
+            return gr.skip(), next(counter)
+        return gr.MultimodalTextbox(value=None), next(counter)
+
+    def on_stop(request: gr.Request):
+        session(request).stop()
+        return next(counter)
+
+    def on_clear(request: gr.Request):
+        session(request).clear()
+        return next(counter)
+
+    def setter(name: str, kind: type):
+        def update(value, request: gr.Request):
+            session(request).update(**{name: kind(value)})
+
+        return update
+
+    def on_system_prompt(prompt, request: gr.Request):
+        prompt = (prompt or "").strip() or C.AUDIO_SYSTEM_PROMPT
+        session(request).update(system_prompt=prompt)
+        return gr.Markdown(visible=prompt != C.AUDIO_SYSTEM_PROMPT)
+
+    def on_unload(request: gr.Request):
+        sessions.close(request.session_hash)
+
+    with gr.Blocks(title="Qwen2.5-Omni live", delete_cache=(600, 3600)) as demo:
+        gr.Markdown(
+            "# Qwen2.5-Omni, live\nPress **Record** and talk (turn the camera on if you like): the answer starts "
+            "as soon as you pause, in text and speech. Talk over it to cut in. You can also type or upload.\n\n"
+            "Browsers allow the microphone and the camera only on `localhost` or over https."
+        )
         gr.Markdown(f"**Model:** {loaded.describe()}", elem_id="model-status")
         for note in loaded.notes:
             gr.Markdown(f"> ⚠️ **{note}**", elem_id="model-notice")
-        conversation = gr.State(lambda: Conversation())  # a fresh one per browser tab
-        chatbot = gr.Chatbot(label="Conversation", height=420, elem_id="chat")
-        speech = gr.Audio(label="Spoken answer (24 kHz)", type="numpy", autoplay=True, interactive=False, elem_id="speech")
-        box = gr.MultimodalTextbox(
-            file_types=UPLOAD_TYPES,
-            file_count="multiple",
-            placeholder="Type a message, or attach an audio file, an image or a video…",
-            show_label=False,
-            elem_id="message",
-        )
-        with gr.Accordion("Settings", open=False):
-            voice = gr.Dropdown(choices=loaded.voice_names, value=loaded.voice_names[0], label="Voice")
-            text_only = gr.Checkbox(label="Text-only answers (no speech)", value=False)
-            system_prompt = gr.Textbox(value=C.AUDIO_SYSTEM_PROMPT, lines=3, label="System prompt")
-            prompt_warning = gr.Markdown(
-                "⚠️ The model speaks only with the default system prompt; with another one, answers may be text only "
-                "or the speech may be wrong. Put a persona in your first message instead.",
-                visible=False,
-            )
-            max_new_tokens = gr.Slider(16, 1024, value=256, step=16, label="Maximum answer length (tokens)")
-            temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)")
-        clear = gr.Button("Clear conversation", elem_id="clear")
+        with gr.Row():
+            with gr.Column(scale=2):
+                camera = gr.Image(
+                    sources=["webcam"],
+                    streaming=True,
+                    webcam_options=gr.WebcamOptions(mirror=False, constraints={"video": {"width": 640, "height": 480}}),
+                    label="Camera (optional)",
+                    elem_id="camera",
+                )
+                mic = gr.Audio(sources=["microphone"], streaming=True, label="Microphone", elem_id="mic")
+                hearing = gr.Markdown("Press Record to talk.", elem_id="hearing")
+                with gr.Row():
+                    stop = gr.Button("⏹ Stop answer", elem_id="stop")
+                    clear = gr.Button("Clear conversation", elem_id="clear")
+            with gr.Column(scale=3):
+                chatbot = gr.Chatbot(label="Conversation", height=460, elem_id="chat")
+                player = gr.HTML(
+                    value="",
+                    html_template=PLAYER_HTML,
+                    js_on_load=PLAYER_SCRIPT.read_text(),
+                    elem_id="player",
+                )
+                status = gr.Markdown("Ready: press Record to talk, or type.", elem_id="status")
+                box = gr.MultimodalTextbox(
+                    file_types=UPLOAD_TYPES,
+                    file_count="multiple",
+                    placeholder="Type a message, or attach an audio file, an image or a video…",
+                    show_label=False,
+                    elem_id="message",
+                )
+        last_turn = gr.Markdown("", elem_id="timings")
+        timeline = gr.HTML(chart([]), elem_id="timeline-panel")
+        with gr.Accordion("Settings", open=False, elem_id="settings"):
+            voice = gr.Dropdown(choices=loaded.voice_names, value=defaults.voice, label="Voice")
+            text_only = gr.Checkbox(label="Text-only answers (no speech)", value=defaults.text_only)
+            system_prompt = gr.Textbox(value=defaults.system_prompt, lines=3, label="System prompt")
+            prompt_warning = gr.Markdown(PROMPT_WARNING, visible=False, elem_id="prompt-warning")
+            max_new_tokens = gr.Slider(4, 1024, value=defaults.max_new_tokens, step=4, label="Maximum answer length (tokens)")
+            temperature = gr.Slider(0.0, 1.5, value=defaults.temperature, step=0.05, label="Temperature (0 = greedy)")
+            silence = gr.Slider(0.3, 1.5, value=defaults.silence_seconds, step=0.05, label="Silence that ends your turn (s)")
+            seed = gr.Number(value=None, precision=0, label="Seed (empty: random; set: the same question gets the same speech)")
+        trigger = gr.Number(value=0, visible=False)
 
-        system_prompt.change(_prompt_warning, system_prompt, prompt_warning)
-        box.submit(
-            respond,
-            [box, chatbot, conversation, voice, text_only, system_prompt, max_new_tokens, temperature],
-            [box, chatbot, conversation, speech],
-            api_name="respond",
-            concurrency_id="gpu",
-            concurrency_limit=1,
-        )
-        clear.click(lambda: ([], Conversation(), None), None, [chatbot, conversation, speech], api_name="clear")
-    return demo
-
+        mic.stream(on_mic, [mic], [trigger, hearing], stream_every=MIC_CHUNK_SECONDS, concurrency_limit=None,
+                   show_progress="hidden", api_visibility="private")
+        camera.stream(on_frame, [camera], [], stream_every=CAMERA_FRAME_SECONDS, concurrency_limit=None,
+                      show_progress="hidden", api_visibility="private")
+        trigger.change(follow, None, [chatbot, player, status, last_turn, timeline], trigger_mode="always_last",
+                       concurrency_limit=None, show_progress="hidden", api_visibility="private")
+        box.submit(on_send, [box], [box, trigger], concurrency_limit=None, api_name="send")
+        stop.click(on_stop, None, [trigger], concurrency_limit=None, api_name="stop")
+        clear.click(on_clear, None, [trigger], concurrency_limit=None, api_name="clear")
+        for component, name, kind in ((voice, "voice", str), (text_only, "text_only", bool),
+                                      (max_new_tokens, "max_new_tokens", int), (temperature, "temperature", float),
+                                      (silence, "silence_seconds", float), (seed, "seed", optional_int)):
+            component.change(setter(name, kind), [component], None, concurrency_limit=None, api_visibility="private")
+        system_prompt.change(on_system_prompt, [system_prompt], [prompt_warning], concurrency_limit=None,
+                             api_visibility="private")
+        demo.unload(on_unload)
+    return App(demo, sessions, worker)

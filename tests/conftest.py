@@ -85,12 +85,21 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def server(loaded):
-    """The app on a real Gradio server on loopback, with the tiny model; yields its URL."""
-    from omni_demo.ui import build_demo
+def live_app(loaded):
+    """The app on a real Gradio server on loopback, with the tiny model: (App, URL)."""
+    from omni_demo.ui import build_app
 
-    demo = build_demo(loaded)
-    demo.queue(default_concurrency_limit=1)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
-    yield url
-    demo.close()
+    app = build_app(loaded)
+    app.demo.queue(default_concurrency_limit=None)
+    _, url, _ = app.demo.launch(
+        server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True, max_threads=80
+    )
+    yield app, url
+    app.demo.close()
+    app.sessions.close_all()
+    app.worker.stop()
+
+
+@pytest.fixture(scope="session")
+def server(live_app) -> str:
+    return live_app[1]

@@ -1,11 +1,18 @@
-"""The page in a real headless browser (Debian's Chromium, driven by Playwright): type, upload, hear."""
+"""The live page in a real headless browser: Debian's Chromium driven by Playwright, with a fake microphone
+playing recorded speech and a fake camera playing a generated video, against the real server and the tiny
+model. The page's player exposes what it scheduled on `window.omniPlayer`; the tests assert on that."""
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile
+from speech import BROWSER_RATE, silence, speech_48k
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -14,48 +21,91 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--no-first-run",
     "--autoplay-policy=no-user-gesture-required",
+    "--use-fake-device-for-media-stream",
 ]
+ALLOW_MEDIA = "--use-fake-ui-for-media-stream"  # answers the permission prompt with "allow"
+DENY_MEDIA = "--deny-permission-prompts"
+ANSWER_TIMEOUT_S = 240
 
 
 @pytest.fixture(scope="module")
-def browser():
+def playwright():
     if not CHROMIUM.exists():
         if os.environ.get("CI"):
             pytest.fail("CI must install Debian's chromium (.ci/run does)")
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
-        yield browser
-        browser.close()
+    api = pytest.importorskip("playwright.sync_api")
+    with api.sync_playwright() as p:
+        yield p
 
 
-@pytest.fixture
-def page(browser, server):
-    context = browser.new_context(viewport={"width": 1100, "height": 1200})
-    page = context.new_page()
-    page.goto(server)
+@pytest.fixture(scope="module")
+def camera_video(tmp_path_factory) -> Path:
+    """4 s of 320x240 video at 10 fps as a y4m file (what Chrome's fake camera plays): a bar moving right."""
+    width, height, fps = 320, 240, 10
+    path = tmp_path_factory.mktemp("camera") / "camera.y4m"
+    with path.open("wb") as f:
+        f.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for i in range(4 * fps):
+            luma = np.full((height, width), 70, np.uint8)
+            luma[:, (i * 8) % (width - 40) :][:, :40] = 220
+            chroma = np.full((height // 2, width // 2), 128, np.uint8)
+            f.write(b"FRAME\n" + luma.tobytes() + chroma.tobytes() + chroma.tobytes())
+    return path
+
+
+def microphone_file(tmp_path: Path, *pieces: np.ndarray) -> Path:
+    path = tmp_path / "microphone.wav"
+    soundfile.write(path, np.concatenate(pieces), BROWSER_RATE, subtype="PCM_16")
+    return path
+
+
+def open_page(playwright, url: str, microphone=None, camera=None, max_tokens=24, allow_media=True):
+    flags = [*CHROMIUM_FLAGS, ALLOW_MEDIA if allow_media else DENY_MEDIA]
+    if microphone is not None:
+        flags.append(f"--use-file-for-fake-audio-capture={microphone}%noloop")  # played once, from Record
+    if camera is not None:
+        flags.append(f"--use-file-for-fake-video-capture={camera}")
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=flags)
+    page = browser.new_context(viewport={"width": 1300, "height": 1400}).new_page()
+    page.goto(url)
     page.wait_for_selector("#message textarea", timeout=60_000)
-    page.click("text=Settings")  # short answers keep the CPU test quick
-    page.fill("input[aria-label='number input for Maximum answer length (tokens)']", "24")
+    set_max_tokens(page, max_tokens)
+    return browser, page
+
+
+def set_max_tokens(page, tokens: int) -> None:
+    accordion = page.locator("#settings").get_by_text("Settings", exact=True).first
+    if not page.locator("input[aria-label='number input for Maximum answer length (tokens)']").is_visible():
+        accordion.click()
+    page.fill("input[aria-label='number input for Maximum answer length (tokens)']", str(tokens))
     page.keyboard.press("Tab")
-    yield page
-    context.close()
+    page.wait_for_timeout(300)  # the change event reaches the server
 
 
-WAV_HEADER_JS = """async () => {
-    const link = document.querySelector('#speech a[download]');
-    if (!link) return null;
-    const bytes = await (await fetch(link.href)).arrayBuffer();
-    const view = new DataView(bytes);
-    return {rate: view.getUint32(24, true), channels: view.getUint16(22, true), bytes: bytes.byteLength};
-}"""
+def player(page) -> dict:
+    return page.evaluate("() => JSON.parse(JSON.stringify(window.omniPlayer))")
 
 
-def spoken_answer(page) -> dict:
-    """The WAV the page offers for the spoken answer, read by the page itself: rate, channels, size."""
-    page.wait_for_selector("#speech a[download]", state="attached", timeout=180_000)
-    return page.evaluate(WAV_HEADER_JS)
+def wait_for(page, predicate, what: str, timeout: float = ANSWER_TIMEOUT_S) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = player(page)
+        if predicate(state):
+            return state
+        page.wait_for_timeout(200)
+    raise AssertionError(f"timed out waiting for {what}: {json.dumps(player(page))[:2000]}")
+
+
+def answers_ended(count: int):
+    return lambda p: len(p["answers"]) >= count and p["answers"][count - 1]["ended"]
+
+
+def start_talking(page, camera: bool) -> None:
+    if camera:
+        page.click("#camera >> text=Click to Access Webcam")
+        page.click("#camera >> button:has-text('Record')", timeout=30_000)
+    page.click("#mic >> button:has-text('Record')")
 
 
 def send(page, text: str, files: list[Path] = ()) -> None:
@@ -66,25 +116,144 @@ def send(page, text: str, files: list[Path] = ()) -> None:
     page.keyboard.press("Enter")
 
 
-def test_typed_question_gets_text_and_playable_speech(page):
-    assert "tiny random-weight" in page.inner_text("#model-notice")
-    send(page, "Hello, who are you?")
-    wav = spoken_answer(page)
-    assert wav["rate"] == 24_000 and wav["channels"] == 1 and wav["bytes"] > 44 + 2 * 480
-    chat = page.inner_text("#chat")
-    assert "Hello, who are you?" in chat
-    assert chat.split("Hello, who are you?")[-1].strip(), "no assistant text after the question"
+def timeline(page) -> list[dict]:
+    return json.loads(page.get_attribute("#timeline", "data-turns") or "[]")
 
 
-def test_corrupt_upload_shows_an_error_and_the_next_question_works(page, assets):
-    send(page, "what is this?", [assets / "corrupt.mp4"])
-    page.wait_for_selector("#chat :text('Could not answer')", timeout=60_000)
-    assert "corrupt.mp4" in page.inner_text("#chat")
-    assert page.locator("#speech a[download]").count() == 0
-    for remove in page.locator("#message button[aria-label*='emove']").all():
-        remove.click()  # the failed message stays in the box for editing; drop its file
-    page.fill("#message textarea", "")
-    send(page, "Then just say hello.")
-    wav = spoken_answer(page)
-    assert wav["rate"] == 24_000
-    assert "Then just say hello." in page.inner_text("#chat")
+def test_spoken_question_with_camera_streams_text_and_speech(playwright, server, camera_video, tmp_path):
+    microphone = microphone_file(tmp_path, silence(1.0), speech_48k(), silence(8.0))
+    browser, page = open_page(playwright, server, microphone, camera_video)
+    try:
+        assert "tiny random-weight" in page.inner_text("#model-notice")
+        start_talking(page, camera=True)
+        state = wait_for(page, answers_ended(1), "the spoken question's answer")
+        answer = state["answers"][0]
+        assert answer["chunks"] >= 1 and answer["samples"] > 0 and answer["stoppedAt"] is None
+        # Scheduled on arrival: an idle player starts a chunk 50 ms after it arrives.
+        assert 0 <= answer["firstStart"] - answer["firstArrival"] <= 150
+        chat = page.locator("#chat")
+        assert chat.locator("audio").count() >= 2  # the user's voice clip and the answer's clip
+        assert chat.locator("img").count() >= 1  # the camera thumbnail
+        label = page.inner_text("#chat")
+        assert "frames" in label and " s" in label
+        turns = page.wait_for_function("() => document.querySelector('#timeline').dataset.turns !== '[]'")
+        assert turns
+        (turn,) = timeline(page)
+        assert turn["kind"] == "voice" and turn["first_text"] <= turn["first_audio"]
+        # End of speech (the server's VAD) to the first sample played (the browser's player), one clock.
+        end_of_speech_to_audio = answer["firstStart"] / 1000 - turn["speech_end_wall"]
+        assert turn["silence"] < end_of_speech_to_audio < turn["silence"] + turn["total"] + 1.0
+        print(f"\nend of speech -> first audio played in the browser: {end_of_speech_to_audio:.2f} s "
+              f"(turn end -> first audio on the server: {turn['first_audio']:.2f} s; silence {turn['silence']:.2f} s)")
+    finally:
+        browser.close()
+
+
+def test_speaking_during_the_answer_stops_it_and_starts_a_new_turn(playwright, server, tmp_path):
+    # Say the question, wait (the answer starts and plays), then speak again over the answer.
+    microphone = microphone_file(tmp_path, silence(0.5), speech_48k(), silence(16.0), speech_48k(), silence(6.0))
+    browser, page = open_page(playwright, server, microphone, max_tokens=400)
+    try:
+        start_talking(page, camera=False)
+        wait_for(page, lambda p: p["answers"] and p["answers"][0]["chunks"] >= 1, "the first answer's speech")
+        set_max_tokens(page, 16)  # the next answer is short
+        state = wait_for(page, answers_ended(2), "the answer after cutting in")
+        first, second = state["answers"][:2]
+        assert first["stoppedAt"] is not None and first["chunks"] >= 1 and not first["ended"]
+        assert state["stops"] >= 1 and second["chunks"] >= 1 and second["stoppedAt"] is None
+        assert first["stoppedAt"] <= second["firstArrival"]  # stopped before the next answer began
+        chat = page.inner_text("#chat")
+        assert "Interrupted after" in chat and chat.count("🎙️") == 2
+        turns = timeline(page)
+        assert [t["interrupted"] for t in turns] == [True, False]
+    finally:
+        browser.close()
+
+
+def test_two_tabs_hold_independent_conversations(playwright, server):
+    browser, first = open_page(playwright, server, max_tokens=16)
+    second = browser.new_context().new_page()
+    try:
+        second.goto(server)
+        second.wait_for_selector("#message textarea", timeout=60_000)
+        set_max_tokens(second, 16)
+        send(first, "Apples are red.")
+        send(second, "Bananas are yellow.")
+        for page in (first, second):
+            wait_for(page, answers_ended(1), "each tab's answer")
+        one, two = first.inner_text("#chat"), second.inner_text("#chat")
+        assert "Apples are red." in one and "Bananas" not in one
+        assert "Bananas are yellow." in two and "Apples" not in two
+    finally:
+        browser.close()
+
+
+def test_a_corrupt_upload_shows_an_error_and_the_next_question_works(playwright, server, assets):
+    browser, page = open_page(playwright, server, max_tokens=16)
+    try:
+        send(page, "what is this?", [assets / "corrupt.mp4"])
+        page.wait_for_selector("#chat :text('Could not answer')", timeout=60_000)
+        assert "corrupt.mp4" in page.inner_text("#chat")
+        for remove in page.locator("#message button[aria-label*='emove']").all():
+            remove.click()  # the refused message stays in the box for editing; drop its file
+        page.fill("#message textarea", "")
+        send(page, "Then just say hello.")
+        state = wait_for(page, answers_ended(1), "the next answer")
+        assert state["answers"][0]["samples"] > 0
+        assert "Then just say hello." in page.inner_text("#chat")
+    finally:
+        browser.close()
+
+
+def test_switching_the_voice_changes_the_speech(playwright, server):
+    """With a fixed seed the same question gets the same speech; another voice gets other speech."""
+    browser, page = open_page(playwright, server, max_tokens=16)
+    try:
+        page.fill("input[aria-label^='Seed']", "7")
+        page.keyboard.press("Tab")
+        energies = []
+        for voice in ("Chelsie", "Chelsie", "Ethan"):
+            if voice == "Ethan":
+                page.click("input[aria-label='Voice']")
+                page.click("[role=option]:has-text('Ethan')")
+                page.wait_for_timeout(300)
+            send(page, "Hello, who are you?")
+            count = len(energies) + 1
+            state = wait_for(page, answers_ended(count), f"answer {count}")
+            energies.append(state["answers"][count - 1]["energy"])
+            page.click("#clear")
+            page.wait_for_timeout(500)
+        assert energies[0] > 0 and energies[0] == energies[1]
+        assert energies[2] != energies[0]
+    finally:
+        browser.close()
+
+
+def test_a_denied_microphone_says_so_and_typing_still_works(playwright, server):
+    browser, page = open_page(playwright, server, max_tokens=16, allow_media=False)
+    try:
+        page.click("#mic >> button:has-text('Record')")
+        page.wait_for_selector("text=Please allow access to the microphone", timeout=30_000)
+        send(page, "Can you read this?")
+        state = wait_for(page, answers_ended(1), "the typed question's answer")
+        assert state["answers"][0]["samples"] > 0 and "Can you read this?" in page.inner_text("#chat")
+    finally:
+        browser.close()
+
+
+def test_a_closed_tab_frees_its_session(playwright, live_app):
+    app, url = live_app
+    browser, page = open_page(playwright, url, max_tokens=16)
+    try:
+        send(page, "Hello")
+        wait_for(page, answers_ended(1), "the answer")
+        before = len(app.sessions)
+        directories = [s.directory for s in app.sessions._sessions.values()]
+        page.close()
+        deadline = time.monotonic() + 30
+        while len(app.sessions) >= before and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(app.sessions) == before - 1
+        assert sum(d.exists() for d in directories) == before - 1  # its recordings and clips are deleted
+    finally:
+        browser.close()

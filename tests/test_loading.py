@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,6 +81,29 @@ def test_voices_file_is_loaded_without_pickled_code(tiny_dir, tmp_path):
     torch.save({"Chelsie": NotAVoice()}, copy / "spk_dict.pt")
     with pytest.raises(LoadError, match="not a readable voices file"):
         load_omni(str(copy), device="cpu")
+
+
+class RunsCode:
+    """Unpickling this calls Path.touch on `marker`: what a malicious voices file would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_voices_file_with_code_is_refused_without_running_it(tmp_path):
+    from model.loading import load_voices
+
+    marker = tmp_path / "code-ran"
+    torch.save({"Chelsie": RunsCode(marker)}, tmp_path / "spk_dict.pt")
+    with pytest.raises(LoadError, match="spk_dict.pt is not a readable voices file"):
+        load_voices(tmp_path / "spk_dict.pt")
+    assert not marker.exists()
+    function, args = RunsCode(marker).__reduce__()  # what a plain unpickler would have called
+    function(*args)
+    assert marker.exists()
 
 
 def test_cuda_asked_for_without_cuda():

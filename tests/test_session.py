@@ -218,3 +218,66 @@ def test_abandoned_answer_leaves_the_session_usable(loaded, harness):
     session.add_user_turn(Text("Still there?"))
     _, done = run(session, greedy_settings(harness, max_new_tokens=4))
     assert done.tokens and done.codes
+
+
+def test_interrupted_answer_is_in_the_cache_once(loaded, harness):
+    """However an answer stops, each of its tokens is in the cache exactly once before the next turn."""
+    session = OmniSession(loaded)
+    session.add_user_turn(*harness.conversation("text").turns[0].parts)
+    prompt = list(session.thinker.ids)
+    for event in session.respond(greedy_settings(harness, max_new_tokens=200, text_only=True)):
+        if isinstance(event, TextDelta):
+            session.interrupt()  # lands after the token was fed (the next check is at the loop's top)
+    done = event
+    assert done.interrupted
+    session.add_user_turn(Text("Go on."))
+    after = session.thinker.ids[len(prompt) :]
+    assert after[: len(done.tokens)] == done.tokens
+    assert after[len(done.tokens) : len(done.tokens) + 2] == [C.IM_END_ID, loaded.processor.tokenizer("\n").input_ids[0]]
+    assert session.thinker.cache.get_seq_length() == session.thinker.length
+
+
+@pytest.mark.parametrize("keep", [0, 3])
+def test_keep_answer_forgets_what_was_not_heard(loaded, harness, keep):
+    session = OmniSession(loaded)
+    session.add_user_turn(*harness.conversation("text").turns[0].parts)
+    prompt = list(session.thinker.ids)
+    _, done = run(session, greedy_settings(harness, max_new_tokens=12))
+    assert len(done.tokens) > keep
+    session.keep_answer(keep)
+    assert session.history[-1].payload == done.tokens[:keep]
+    session.add_user_turn(Text("Go on."))
+    tokenizer = loaded.processor.tokenizer
+    go_on = tokenizer("<|im_end|>\n<|im_start|>user\nGo on.<|im_end|>\n<|im_start|>assistant\n").input_ids
+    assert session.thinker.ids == prompt + done.tokens[:keep] + go_on
+    assert session.thinker.cache.get_seq_length() == session.thinker.length
+    prompt_ids = list(session.thinker.ids)
+    _, after = run(session, greedy_settings(harness, max_new_tokens=6, text_only=True))
+    reference = reference_generate(
+        loaded, harness.conversation("text"), max_new_tokens=6, text_only=True, prompt_ids=prompt_ids
+    )
+    assert_same_choices(after.tokens, reference.thinker_tokens, after.token_margins)
+
+
+def test_restore_rebuilds_the_same_conversation(loaded, harness, assets):
+    """A history carried to a fresh session (a ZeroGPU call's process) gives the same caches and answers."""
+    import pickle
+
+    from model.conversation import Audio
+    from model.media import load_audio
+
+    first = OmniSession(loaded)
+    first.add_user_turn(*harness.conversation("text").turns[0].parts)
+    run(first, greedy_settings(harness, max_new_tokens=6))
+    first.feed_live(Audio(load_audio(assets / "question.wav")))
+    run(first, greedy_settings(harness, max_new_tokens=6))
+    history = pickle.loads(pickle.dumps(first.history))
+
+    second = OmniSession(loaded)
+    second.restore(history)
+    assert second.thinker.ids == first.thinker.ids
+    for session in (first, second):
+        session.add_user_turn(Text("Go on."))
+    _, a = run(first, greedy_settings(harness, max_new_tokens=6))
+    _, b = run(second, greedy_settings(harness, max_new_tokens=6))
+    assert a.tokens == b.tokens and a.codes == b.codes

@@ -1,0 +1,48 @@
+"""What one message or upload may hold: every limit in one place, with its unit in its name.
+
+Each limit is checked before the expensive step it protects (file size before opening, the container's
+declared duration and the image header's size before decoding) and again while decoding, so a file whose
+header lies still cannot make the app hold more than the limit allows. Messages for users come from
+`model.media` (files) and `model.prompt_text` (typed text).
+"""
+
+from __future__ import annotations
+
+MIB = 1024**2
+
+# Any one uploaded file. Gradio enforces the same number on upload (app.py passes it as max_file_size).
+MAX_UPLOAD_BYTES = 200 * MIB
+
+# The processor computes audio features in one 300 s window (preprocessor_config.json `chunk_length`) and
+# silently cuts what is longer, so longer audio would be half-heard: refuse it instead.
+MAX_AUDIO_SECONDS = 300.0
+# One thinker audio token per 40 ms, and a clip under 25 ms gives none at all (the processor then has
+# features but no placeholder for them); 0.1 s is a few tokens, and shorter is a click, not speech.
+MIN_AUDIO_SECONDS = 0.1
+# Decoding may run this far past a declared duration (encoder padding, priming) before it is cut off.
+DECODE_SLACK_SECONDS = 1.0
+
+# Video: the official memory table stops at 60 s (7B needs about 60 GB for it), and at the processor's
+# frame budget (up to 768 tokens per frame pair, 2 fps) a minute already fills half the 32k-position
+# context the session allows one input.
+MAX_VIDEO_SECONDS = 60.0
+# Frames are kept at their source size until the processor resizes them (2 fps, so at most 120 frames
+# for a minute): 4K UHD keeps that under 3 GB, larger frames are refused from the stream header.
+MAX_VIDEO_FRAME_PIXELS = 3840 * 2160
+# Decoding every packet is what pass 2 costs: 60 s of 240 fps slow motion is the most we decode.
+MAX_VIDEO_SOURCE_FPS = 240.0
+
+# Images: a 48-megapixel phone photo fits; the processor shrinks every image to at most 12.8 MP anyway.
+# Checked from the header (Image.open reads only that), before the pixels are decoded.
+MAX_IMAGE_PIXELS = 64_000_000
+
+# transformers' smart_resize refuses images and frames more elongated than this (checked from the header).
+MAX_ASPECT_RATIO = 200
+
+# Typed text: about 2,000-8,000 tokens (1-4 characters per token), well inside the context the session
+# allows one input (half of 32,768 positions).
+MAX_TEXT_CHARS = 8_000
+
+
+class UserInputError(ValueError):
+    """Something a user sent that the app cannot use; the message is one sentence meant for them."""

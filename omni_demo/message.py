@@ -1,0 +1,41 @@
+"""A user's message as model parts: typed text and uploaded files, checked and decoded, or refused with a
+message for the user (a `UserInputError`, a `MediaError` for files)."""
+
+from __future__ import annotations
+
+from model.conversation import Audio, Image, Part, Text, Video
+from model.limits import UserInputError
+from model.media import load_audio, load_image, load_video, media_kind
+from model.prompt_text import check_user_text
+
+NOTHING_TO_ANSWER = "Say, type or upload something first."
+
+
+def parts_from_files(paths: list[str]) -> list[Part]:
+    """Decode uploads into model parts, each by its content (not its name).
+
+    Every check that can come before decoding does (model.limits: size, declared duration, header pixels);
+    a MediaError names the file and says what is wrong with it in one sentence.
+    """
+    parts: list[Part] = []
+    for path in paths:
+        kind = media_kind(path)
+        if kind == "audio":
+            parts.append(Audio(load_audio(path)))
+        elif kind == "image":
+            parts.append(Image(load_image(path)))
+        else:
+            parts.append(Video(load_video(path)))
+    return parts
+
+
+def parts_from_message(text: str, paths: list[str]) -> list[Part]:
+    """A user's message (typed text and uploaded files) as model parts: the files first, then the text, as
+    the official examples order them. A UserInputError (MediaError for files) says why not."""
+    text = check_user_text(text)
+    parts = parts_from_files(paths)
+    if text.strip():
+        parts.append(Text(text))
+    if not parts:
+        raise UserInputError(NOTHING_TO_ANSWER)
+    return parts

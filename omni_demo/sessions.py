@@ -1,0 +1,43 @@
+"""Every open browser tab's `LiveSession`, keyed by Gradio's session hash, and freed when the tab closes."""
+
+from __future__ import annotations
+
+import threading
+
+from omni_demo.live import ChatSettings, LiveSession
+from omni_demo.turns import load_vad
+from omni_demo.worker import ModelWorker
+
+
+class Sessions:
+    def __init__(self, loaded, worker: ModelWorker, zero_gpu: bool = False, defaults: ChatSettings | None = None):
+        self.loaded = loaded
+        self.worker = worker
+        self.zero_gpu = zero_gpu
+        self.defaults = defaults or ChatSettings()
+        self._sessions: dict[str, LiveSession] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> LiveSession:
+        with self._lock:
+            session = self._sessions.get(key)
+            if session is None:
+                # Each tab has its own VAD: Silero keeps the state of the stream it listens to.
+                session = self._sessions[key] = LiveSession(
+                    key, self.loaded, self.worker, load_vad(), self.zero_gpu, settings=self.defaults
+                )
+            return session
+
+    def close(self, key: str) -> None:
+        with self._lock:
+            session = self._sessions.pop(key, None)
+        if session is not None:
+            session.close()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
+    def close_all(self) -> None:
+        for key in list(self._sessions):
+            self.close(key)

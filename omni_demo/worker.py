@@ -1,0 +1,144 @@
+"""The one thread that runs the model: every session's model work, in a fair order.
+
+A job is a generator: the worker advances it one step (to its next `yield`: a prefilled window, a text
+delta, an audio chunk) and then moves to the next session, so a short job (one 2 s window's prefill) never
+waits for another session's whole answer, and the answers of up to `max_active` sessions share the model
+step by step. Further sessions wait in arrival order and can be told their place. Each session's own jobs
+run one after another, in the order they were submitted.
+
+Gradio's handlers only submit jobs and return; nothing else touches the model, so no handler ever waits
+for it and the microphone stream never drops audio.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    steps: Iterator  # a generator run on the worker thread
+    on_error: Callable[[BaseException], None] | None = None
+
+
+class ModelWorker:
+    def __init__(self, max_active: int = 2):
+        if max_active < 1:
+            raise ValueError("max_active must be at least 1")
+        self.max_active = max_active
+        self._jobs: dict[Hashable, deque[Job]] = {}
+        self._active: deque[Hashable] = deque()  # sessions sharing the model, in round-robin order
+        self._waiting: deque[Hashable] = deque()  # sessions with work, not yet admitted
+        self._cancelled: set[Hashable] = set()
+        self._lock = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="model-worker", daemon=True)
+        self._thread.start()
+
+    def submit(self, key: Hashable, steps: Iterator, on_error: Callable[[BaseException], None] | None = None) -> None:
+        with self._lock:
+            if self._stopped:
+                raise RuntimeError("the model worker has stopped")
+            if key not in self._jobs:
+                self._jobs[key] = deque()
+                self._waiting.append(key)
+            self._jobs[key].append(Job(steps, on_error))
+            self._cancelled.discard(key)
+            self._lock.notify_all()
+
+    def place(self, key: Hashable) -> int | None:
+        """0 while the session's work runs, n when n-1 sessions wait before it, None with nothing queued."""
+        with self._lock:
+            if key in self._active:
+                return 0
+            if key in self._waiting:
+                free = self.max_active - len(self._active)
+                return max(0, self._waiting.index(key) + 1 - free)
+            return None
+
+    def busy(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._jobs
+
+    def cancel(self, key: Hashable) -> None:
+        """Drops the session's queued jobs; the running one is closed at its next step (a closed tab)."""
+        with self._lock:
+            if key in self._jobs:
+                self._cancelled.add(key)
+                self._lock.notify_all()
+
+    def idle(self, timeout: float | None = None) -> bool:
+        """Waits until no session has work (tests, shutdown)."""
+        with self._lock:
+            return self._lock.wait_for(lambda: not self._jobs, timeout)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            for key in list(self._jobs):
+                self._cancelled.add(key)
+            self._lock.notify_all()
+        self._thread.join(timeout=30)
+
+    def _next(self) -> tuple[Hashable, Job] | None:
+        """The next session's current job, round robin; None when stopped and drained."""
+        with self._lock:
+            while True:
+                while self._waiting and len(self._active) < self.max_active:
+                    self._active.append(self._waiting.popleft())
+                if self._active:
+                    key = self._active[0]
+                    self._active.rotate(-1)
+                    return key, self._jobs[key][0]
+                if self._stopped:
+                    return None
+                self._lock.wait()
+
+    def _finish(self, key: Hashable, job: Job, all_jobs: bool) -> None:
+        with self._lock:
+            jobs = self._jobs.get(key)
+            if jobs and jobs[0] is job:
+                jobs.popleft()
+            if all_jobs and jobs:
+                for dropped in jobs:
+                    dropped.steps.close()
+                jobs.clear()
+            if not jobs:
+                self._jobs.pop(key, None)
+                self._cancelled.discard(key)
+                if key in self._active:
+                    self._active.remove(key)
+                if key in self._waiting:
+                    self._waiting.remove(key)
+            self._lock.notify_all()
+
+    def _run(self) -> None:
+        while (picked := self._next()) is not None:
+            self._advance(*picked)
+            picked = None  # while waiting for work, hold no finished job (nor the session it belongs to)
+
+    def _advance(self, key: Hashable, job: Job) -> None:
+        with self._lock:
+            cancelled = key in self._cancelled
+        if cancelled:
+            job.steps.close()  # runs the job's own clean-up (finally blocks) on this thread
+            self._finish(key, job, all_jobs=True)
+            return
+        try:
+            next(job.steps)
+        except StopIteration:
+            self._finish(key, job, all_jobs=False)
+        except BaseException as error:  # noqa: BLE001 - one session's failure must not stop the others
+            log.exception("model job failed")
+            if job.on_error is not None:
+                try:
+                    job.on_error(error)
+                except Exception:  # noqa: BLE001
+                    log.exception("error handler failed")
+            self._finish(key, job, all_jobs=False)

@@ -1,0 +1,57 @@
+"""The player's feed and the server's copy of its clock."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+
+from omni_demo.live import Answer, heard_tokens
+from omni_demo.playback import PlaybackClock, PlayerFeed, pcm16
+from omni_demo.timings import TurnTiming
+
+
+def test_feed_is_append_only_and_decodes_to_the_samples():
+    feed = PlayerFeed(3)
+    samples = np.array([0.0, 0.5, -0.5, 1.0, -1.0], np.float32)
+    before = feed.text
+    feed.add(samples)
+    assert feed.text.startswith(before)  # Gradio sends an "append" diff, never the whole text again
+    line = feed.text.splitlines()[1]
+    pcm = np.frombuffer(base64.b64decode(line.removeprefix("pcm ")), "<i2")
+    np.testing.assert_array_equal(pcm, [0, 16384, -16384, 32767, -32768])
+    feed.stop()
+    feed.add(samples)  # nothing is played after a stop
+    feed.end()
+    assert feed.text.splitlines() == ["answer 3", line, "stop"]
+
+
+def test_clock_schedules_gap_free_and_counts_what_was_heard():
+    clock = PlaybackClock(lead=0.05)
+    clock.add(0.5, arrived=10.0)  # plays 10.05 .. 10.55
+    clock.add(0.5, arrived=10.1)  # queued behind it: 10.55 .. 11.05
+    clock.add(0.5, arrived=12.0)  # the player ran dry: 12.05 .. 12.55
+    assert clock.heard(10.05) == 0.0
+    assert clock.heard(10.80) == pytest.approx(0.75)
+    assert clock.heard(12.30) == pytest.approx(1.25)
+    assert clock.playing_until() == pytest.approx(12.55)
+    assert clock.stop(at=11.0) == pytest.approx(0.95)
+    assert clock.heard(20.0) == pytest.approx(0.95) and clock.playing_until() == 0.0
+
+
+def answer(tokens: int, audio_seconds: float, complete: bool, text_only: bool = False) -> Answer:
+    from model.session import AnswerSettings
+
+    timing = TurnTiming(1, "voice", 0.0, audio_seconds=audio_seconds)
+    result = Answer(timing, AnswerSettings(text_only=text_only), PlayerFeed(1))
+    result.tokens, result.speech_complete = list(range(tokens)), complete
+    return result
+
+
+def test_heard_tokens():
+    assert heard_tokens(answer(40, 10.0, True), 2.5) == 10  # a quarter of the speech: a quarter of the text
+    assert heard_tokens(answer(40, 10.0, True), 30.0) == 40
+    assert heard_tokens(answer(40, 3.0, False), 2.0) == 6  # speech unfinished: a speaking rate's worth
+    assert heard_tokens(answer(40, 0.0, False, text_only=True), 0.0) == 40  # text was read, not heard
+    assert pcm16(np.array([2.0], np.float32)).hex() == "ff7f"  # clipped, not wrapped
