@@ -122,13 +122,14 @@ def timeline(page) -> list[dict]:
 
 def test_spoken_question_with_camera_streams_text_and_speech(playwright, server, camera_video, tmp_path):
     microphone = microphone_file(tmp_path, silence(1.0), speech_48k(), silence(8.0))
-    browser, page = open_page(playwright, server, microphone, camera_video)
+    # An answer long enough to stream (several chunks), so the first audio is the first chunk's.
+    browser, page = open_page(playwright, server, microphone, camera_video, max_tokens=64)
     try:
         assert "tiny random-weight" in page.inner_text("#model-notice")
         start_talking(page, camera=True)
         state = wait_for(page, answers_ended(1), "the spoken question's answer")
         answer = state["answers"][0]
-        assert answer["chunks"] >= 1 and answer["samples"] > 0 and answer["stoppedAt"] is None
+        assert answer["chunks"] >= 2 and answer["samples"] > 0 and answer["stoppedAt"] is None
         # Scheduled on arrival: an idle player starts a chunk 50 ms after it arrives.
         assert 0 <= answer["firstStart"] - answer["firstArrival"] <= 150
         chat = page.locator("#chat")
