@@ -468,7 +468,7 @@ class OmniSession:
         kept = tokens[: max(0, count)]
         unfed = len(self._closing) + (tokens[-1] == C.IM_END_ID)  # chosen, never fed: 0 or 1
         drop = len(tokens) - unfed - len(kept)
-        self._records[-1] = Record("answer", kept, self._records[-1].span - max(drop, 0))
+        self._records[-1] = Record("answer", kept, self._records[-1].span - drop)
         self._closing = []  # all that is kept is in the cache (drop >= 0); the next turn's text closes it
         if drop > 0 and self._talker_fed > len(self.thinker.talker_states) - drop:
             self.restore(self._records)  # the talker has read those states too (after a restore): rebuild
