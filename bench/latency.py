@@ -118,8 +118,6 @@ def run(args) -> dict:
     from bench.chart import draw_timeline
     from bench.models import load_for_bench
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     loaded, label = load_for_bench(args.model, args.device)
     scenario = make_scenario(args)
     systems = ["reference"] + [s for s in SYSTEMS if s != "reference" and s in args.systems]
@@ -172,7 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < 1 or args.tokens < 1 or args.codes < 1:
         print("error: --runs, --tokens and --codes must be at least 1", file=sys.stderr)
         return 2
-    result = run(args)
+    from bench.models import torch_threads
+
+    with torch_threads(args.threads):
+        result = run(args)
     if args.json:
         print(json.dumps(result, indent=1))
     else:

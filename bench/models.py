@@ -9,6 +9,7 @@ CPU (`--model tiny-random`).
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -90,3 +91,16 @@ def load_for_bench(spec: str, device: str | None = None) -> tuple[LoadedOmni, st
         label = "tiny random-weight checkpoint" if loaded.is_tiny else loaded.source
     dtype = str(loaded.dtype).removeprefix("torch.")
     return loaded, f"{label} on {loaded.device.type} ({dtype} thinker/talker, float32 token2wav, {loaded.attn_implementation})"
+
+
+@contextmanager
+def torch_threads(count: int | None):
+    """torch's CPU threads for one run, put back afterwards: `main` is also called in-process (the tests),
+    and the thread count changes the order floats are summed in for everything computed after it."""
+    previous = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -192,7 +192,7 @@ def table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from bench.latency import describe_device
-    from bench.models import load_for_bench
+    from bench.models import load_for_bench, torch_threads
 
     parser = argparse.ArgumentParser(prog="python -m bench.token2wav_quality", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny", help="tiny (default), tiny-random, 3b, 7b or a checkpoint directory")
@@ -202,10 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    loaded, label = load_for_bench(args.model, args.device)
-    result = measure(loaded, args.codes, args.seed, VARIANTS)
+    with torch_threads(args.threads):
+        loaded, label = load_for_bench(args.model, args.device)
+        result = measure(loaded, args.codes, args.seed, VARIANTS)
     result.update({
         "benchmark": "bench.token2wav_quality",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -104,7 +104,9 @@ def test_benchmark_runs_once_on_the_tiny_checkpoint(tiny_dir, tmp_path, capsys):
     tokens, codes = 6, 40  # the engine's token2wav fires at 36 codes: two chunks
     argv = ["--model", str(tiny_dir), "--device", "cpu", "--tokens", str(tokens), "--codes", str(codes)]
     argv += ["--runs", "1", "--no-warmup", "--threads", "1", "--json", "--chart", str(chart)]
+    threads = torch.get_num_threads()
     assert main(argv) == 0
+    assert torch.get_num_threads() == threads  # put back: later tests' float sums depend on it
     result = json.loads(capsys.readouterr().out)
 
     assert set(result["systems"]) == set(SYSTEMS)
@@ -185,3 +187,4 @@ def test_live_input_arrives_in_real_time_order():
     assert times[-1] == pytest.approx(max(len(clip.audio) / C.INPUT_SAMPLE_RATE, float(clip.timestamps[-1])))
     speech = np.zeros(C.INPUT_SAMPLE_RATE + 5, np.float32)
     assert [t for t, _, _ in live_arrivals([Audio(speech)])][-1] == pytest.approx(len(speech) / C.INPUT_SAMPLE_RATE)
+
