@@ -105,7 +105,7 @@ def test_engine_and_reference_agree_on_injected_text(loaded):
 
 def test_text_limit_and_empty_message():
     assert check_user_text("x" * MAX_TEXT_CHARS) == "x" * MAX_TEXT_CHARS
-    with pytest.raises(UserInputError, match=rf"^The message is 8,001 characters long; the limit is 8,000\.$"):
+    with pytest.raises(UserInputError, match=r"^The message is 8,001 characters long; the limit is 8,000\.$"):
         check_user_text("x" * (MAX_TEXT_CHARS + 1))
     with pytest.raises(UserInputError, match="characters long"):
         parts_from_message("x" * (MAX_TEXT_CHARS + 1), [])
