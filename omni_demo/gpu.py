@@ -31,10 +31,6 @@ def on_zero_gpu() -> bool:
     return bool(os.environ.get("SPACES_ZERO_GPU"))
 
 
-def on_spaces() -> bool:
-    return bool(os.environ.get("SPACE_ID"))
-
-
 def serve(loaded) -> None:
     global _loaded
     _loaded = loaded

@@ -84,10 +84,6 @@ class TurnDetector:
         self._voiced_samples = 0
         self._last_voiced_end = 0
 
-    @property
-    def in_turn(self) -> bool:
-        return self._in_turn
-
     def reset(self) -> None:
         """Forget any turn in progress (the clock goes on)."""
         self._in_turn = self._confirmed = False

@@ -9,7 +9,6 @@ each other's diffs, so nothing else writes those.
 from __future__ import annotations
 
 import itertools
-import logging
 from dataclasses import dataclass
 
 import gradio as gr
@@ -21,8 +20,6 @@ from omni_demo.playback import PLAYER_SCRIPT
 from omni_demo.sessions import Sessions
 from omni_demo.timings import chart, summary
 from omni_demo.worker import ModelWorker
-
-log = logging.getLogger(__name__)
 
 UPLOAD_TYPES = ["audio", "image", "video"]
 # Microphone chunk length. Shorter ends a turn sooner after the silence (a chunk is judged when it arrives);

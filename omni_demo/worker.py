@@ -62,10 +62,6 @@ class ModelWorker:
                 return max(0, self._waiting.index(key) + 1 - free)
             return None
 
-    def busy(self, key: Hashable) -> bool:
-        with self._lock:
-            return key in self._jobs
-
     def cancel(self, key: Hashable) -> None:
         """Drops the session's queued jobs; the running one is closed at its next step (a closed tab)."""
         with self._lock:
