@@ -98,6 +98,7 @@ class HeardTurn:
     frames: list[tuple[np.ndarray, float]] = field(default_factory=list)  # (RGB frame, seconds into the turn)
     confirmed: bool = False
     sent_samples: int = 0  # what of it the model has been given
+    sent_chunks: int = 0  # `unsent` always takes every chunk there is, so what was sent is whole chunks
     sent_frames: int = 0
 
     def add(self, samples: np.ndarray) -> None:
@@ -105,9 +106,10 @@ class HeardTurn:
         self.samples += len(samples)
 
     def unsent(self) -> tuple[np.ndarray, list]:
-        audio = np.concatenate(self.audio)[self.sent_samples :] if self.audio else np.zeros(0, np.float32)
+        new = self.audio[self.sent_chunks :]
+        audio = np.concatenate(new) if new else np.zeros(0, np.float32)  # not the whole turn again each time
         frames = self.frames[self.sent_frames :]
-        self.sent_samples, self.sent_frames = self.samples, len(self.frames)
+        self.sent_samples, self.sent_chunks, self.sent_frames = self.samples, len(self.audio), len(self.frames)
         return audio, frames
 
 

@@ -182,6 +182,7 @@ def test_on_zero_gpu_each_turn_is_one_pickled_call_that_answers_as_the_worker_do
     for live in (zero, local):
         assert speak(live, question) == 1
     assert list(zero.follow()) and zero.answer.finished  # the GPU call runs inside the page's event
+    list(local.follow())  # until its speech has played too: a message sent earlier would cut in
     finish(local, worker)
     for live in (zero, local):
         assert live.send("And then?", []) is None
