@@ -30,7 +30,7 @@ from model import cases
 from model import constants as C
 from model.conversation import Audio, Video
 from model.media import load_audio, load_video
-from model.token2wav_stream import ODE_TIME_POINTS, SOLVERS
+from model.engine.token2wav_stream import ODE_TIME_POINTS, SOLVERS
 
 WARMUP_TOKENS, WARMUP_CODES = 4, 40  # enough for every stage to run once (one token2wav chunk)
 LABELS = {"reference": "transformers", "engine_whole": "engine, whole input", "engine_live": "engine, live input"}

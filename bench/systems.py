@@ -2,7 +2,7 @@
 
 * `reference`: transformers' `generate(return_audio=True)` (model/reference.py): thinker to the end, then
   the talker, then token2wav over the whole answer; text and audio come back when it returns.
-* `engine_whole`: our engine (model/session.py) given the whole recording at once (`add_user_turn`).
+* `engine_whole`: our engine (model/engine/session.py) given the whole recording at once (`add_user_turn`).
 * `engine_live`: our engine fed the recording in real time (0.1 s of audio every 0.1 s, video frames at
   their timestamps), so the 2 s windows are encoded and prefilled while the user speaks; the input ends
   with `end_user_turn`.
@@ -24,9 +24,9 @@ from bench.stages import Span, StageRecorder
 from model import constants as C
 from model.conversation import Audio, Conversation, Part, Video
 from model.reference import TalkerSampling, reference_generate
-from model.sampling import Sampling
+from model.engine.sampling import Sampling
 from model.session import AnswerDone, AnswerSettings, AudioChunk, OmniSession
-from model.token2wav_stream import ODE_TIME_POINTS
+from model.engine.token2wav_stream import ODE_TIME_POINTS
 
 SYSTEMS = ("reference", "engine_whole", "engine_live")
 LIVE_CHUNK_SAMPLES = 1600  # 0.1 s, like a browser's microphone chunks

@@ -52,7 +52,7 @@ def read_parts(files: list[str], text: str | None) -> list:
     """The user turn: the files' parts in order, then the text."""
     from model.conversation import Text
     from model.media import MediaError
-    from omni_demo.message import parts_from_files
+    from model.message import parts_from_files
 
     try:
         parts = parts_from_files(files)
@@ -78,7 +78,7 @@ def feed_live(session, parts: list) -> None:
 
 
 def answer_settings(args):
-    from model.sampling import TALKER_DEFAULT, Sampling
+    from model.engine.sampling import TALKER_DEFAULT, Sampling
     from model.session import AnswerSettings
 
     talker = Sampling(greedy=True, repetition_penalty=C.TALKER_REPETITION_PENALTY) if args.greedy else TALKER_DEFAULT

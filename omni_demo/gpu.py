@@ -4,22 +4,29 @@
 function runs in a forked process that holds a GPU for `duration` seconds: its arguments and every yield
 are pickled, nothing it changes is seen outside, and no GPU time is left between calls. So a tab's caches
 cannot live from turn to turn, nor can its 2 s windows be prefilled while the user speaks. Instead each
-turn is one call that rebuilds the caches from the conversation's history, prefills the turn window by
-window, streams the answer, and yields the new history last. It must be called from a Gradio handler's
-own thread (ZeroGPU finds the user's request there), never from the model worker.
+turn is one call that rebuilds the caches from the conversation's history (the same cache the live turns
+built: a live turn's record replays to it token for token), prefills the turn window by window, and
+streams the answer. It hands the history out after the prefill and again at the end; a call cut short
+keeps the first, with the answer's ids as they streamed. It must be called from a Gradio handler's own
+thread (ZeroGPU finds the user's request there), never from the model worker: `ZeroGpuModel.answer` runs
+in `follow`.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from model import constants as C
 from model.conversation import Part
-from model.session import AnswerSettings, OmniSession, Record
+from model.engine.events import AnswerSettings, ContextTrimmed
+from model.engine.history import AnswerTurn, LiveTurn, Record, UserTurn, media_seconds
+from model.session import OmniSession
+from omni_demo.tab_model import TabModel
+from omni_demo.view import Answer
 
 # The one model of this process: the forked ZeroGPU worker reaches it without pickling it.
 _loaded = None
@@ -58,24 +65,19 @@ class TurnRequest:
 
 def turn_seconds(request: TurnRequest) -> int:
     """GPU time to reserve: rebuilding the history, encoding the turn's media, decoding the answer."""
-    def media_seconds(audio, frames) -> float:
-        return (0 if audio is None else len(audio) / C.INPUT_SAMPLE_RATE) + len(frames) / C.VIDEO_FPS
-
-    history = 0.0
-    for record in request.history:
-        if record.kind == "live":
-            history += media_seconds(*record.payload)
-        elif record.kind == "user":
-            history += sum(getattr(p, "seconds", 0.0) for p in record.payload)
-    turn = media_seconds(request.audio, request.frames) + sum(getattr(p, "seconds", 0.0) for p in request.parts or ())
+    if request.parts is not None:
+        turn = media_seconds([UserTurn(request.parts)])
+    else:
+        turn = media_seconds([LiveTurn(request.audio, request.frames)])
     # About 3x real time for the answer's speech (a token is ~0.3 s of it) and 0.1 s per second of media.
     answer = request.settings.max_new_tokens * 0.3
-    return int(min(MAX_GPU_SECONDS, 20 + 0.1 * (history + turn) + answer))
+    return int(min(MAX_GPU_SECONDS, 20 + 0.1 * (media_seconds(request.history) + turn) + answer))
 
 
 @gpu(duration=turn_seconds)
 def run_turn(request: TurnRequest) -> Iterator:
-    """The answer's events (TextDelta, AudioChunk, ...), then the conversation's new history."""
+    """The conversation's history with the user's turn in it, then the answer's events (TextDelta,
+    AudioChunk, ...; the history again after a ContextTrimmed), then the history with the answer."""
     session = OmniSession(_loaded, system_prompt=request.system_prompt)
     session.restore(request.history)
     if request.parts is not None:
@@ -83,5 +85,73 @@ def run_turn(request: TurnRequest) -> Iterator:
     else:
         session.feed(request.audio, request.frames)
         session.end_user_turn()
-    yield from session.respond(request.settings)
     yield session.history
+    for event in session.respond(request.settings):
+        yield event
+        if isinstance(event, ContextTrimmed):
+            yield session.history
+    yield session.history
+
+
+class ZeroGpuModel(TabModel):
+    """A tab's conversation on ZeroGPU: its history, and one GPU call per turn, made from `follow`'s thread
+    (ZeroGPU finds the user's request there). Nothing of the model lives here between turns."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.records: list[Record] = []
+        self._conversation = 0  # bumped by `clear`: a call still running then belongs to the old one
+
+    @property
+    def history(self) -> list[Record]:
+        return list(self.records)
+
+    def feed(self, audio, frames) -> Iterator[None]:
+        raise RuntimeError("on ZeroGPU a turn is given whole, in its GPU call")
+
+    def answer(self, answer: Answer, rest=None) -> Iterator[None]:
+        """The turn's GPU call, one step per event. A call cut short (barge-in, a closed tab) never hands its
+        history back: the history is then what the call said after the prefill, and the answer's ids as they
+        streamed, exactly the ids the model chose."""
+        turn, conversation = answer.turn, self._conversation
+        request = TurnRequest(list(self.records), self.system_prompt, answer.settings,
+                              turn.whole_audio() if turn is not None else None,
+                              list(turn.frames) if turn is not None else [], answer.parts)
+        self.view.open_answer(answer)
+        yield
+        history = None
+        calls = run_turn(request)
+        try:
+            for item in calls:
+                if isinstance(item, list):
+                    history = item
+                    continue
+                self.view.show(answer, item, time.time() - answer.timing.turn_end_wall)
+                yield
+                if answer.stop_requested or self.closed() or self._overdue(answer):
+                    break  # closing the call cancels it on the GPU
+        except Exception as error:  # noqa: BLE001 - the session goes on without this turn
+            self.recover(error, answer, len(self.records))
+            return
+        finally:
+            calls.close()
+        if answer.done is None and history is not None:  # cut off
+            history = [*history, AnswerTurn(list(answer.tokens))]
+        if history is not None and conversation == self._conversation:
+            self.records = history
+        self._close(answer)
+
+    def clear(self) -> Iterator[None]:
+        self.records, self._conversation = [], self._conversation + 1
+        yield from super().clear()
+
+    def set_system_prompt(self, system_prompt: str) -> Iterator[None]:
+        self.system_prompt = system_prompt  # the next call rebuilds the caches with it
+        yield
+
+    def prefill_failed(self, error: BaseException) -> None:
+        raise RuntimeError("on ZeroGPU nothing is prefilled between calls")
+
+    def _keep_in_memory(self, keep: int) -> None:
+        if self.records and isinstance(self.records[-1], AnswerTurn):
+            self.records[-1] = AnswerTurn(self.records[-1].tokens[:keep])

@@ -2,13 +2,18 @@
 
 `gr.Audio(streaming=True)` plays 1.2-1.35 s after the first yield (an HLS encoder per stream); a `gr.HTML`
 component with its own script plays a yielded chunk 50-100 ms after it arrives. Its value is the answer's
-feed: an append-only text, one line per event, so Gradio sends each yield as a small "append" diff and the
-script never misses a chunk even when two updates reach it in one tick:
+feed, one numbered line per event:
 
-    answer 7                   a new answer (the script resets when the id changes)
-    pcm UklGRi...              24 kHz mono int16 little-endian, base64
-    stop                       stop playing now (barge-in, Stop button)
-    end                        the answer's audio is complete
+    answer 7                   the header: a new answer (the script resets when the id changes)
+    0 pcm UklGRi...            24 kHz mono int16 little-endian, base64
+    1 stop                     stop playing now (barge-in, Stop button)
+    2 end                      the answer's audio is complete
+
+The value holds only the last lines (between `FEED_LINES` and twice that), so what one update costs the
+server, the wire and the script does not grow with the answer. Between two trims the value only grows, so
+Gradio sends each update as a small "append" diff. Two updates may reach the script in one tick and it then
+sees only the second; the line numbers let it take every line it has not taken yet, and the lines the value
+keeps cover any updates one tick can bring.
 
 The player schedules each chunk at max(arrival + lead, end of the previous chunk), gap-free.
 `PlaybackClock` replays that rule on the server, so the session knows how much the user has heard when
@@ -34,26 +39,39 @@ def pcm16(samples: np.ndarray) -> bytes:
     return (np.clip(samples, -1.0, 32767 / 32768) * 32768).astype("<i2").tobytes()
 
 
+FEED_LINES = 12  # lines the feed keeps at least: 12 chunks are several seconds of speech
+
+
 class PlayerFeed:
     """One answer's feed for the player component."""
 
     def __init__(self, answer_id: int):
         self.answer_id = answer_id
-        self.text = f"answer {answer_id}\n"
+        self.lines = 0  # lines written so far
+        self._kept: list[str] = []  # the last lines, numbered
         self.stopped = False
+
+    def value(self) -> str:
+        return f"answer {self.answer_id}\n" + "".join(self._kept)
 
     def add(self, samples: np.ndarray) -> None:
         if not self.stopped:
-            self.text += "pcm " + base64.b64encode(pcm16(samples)).decode("ascii") + "\n"
+            self._write("pcm " + base64.b64encode(pcm16(samples)).decode("ascii"))
 
     def stop(self) -> None:
         if not self.stopped:
-            self.text += "stop\n"
+            self._write("stop")
             self.stopped = True
 
     def end(self) -> None:
         if not self.stopped:
-            self.text += "end\n"
+            self._write("end")
+
+    def _write(self, line: str) -> None:
+        self._kept.append(f"{self.lines} {line}\n")
+        self.lines += 1
+        if len(self._kept) > 2 * FEED_LINES:
+            del self._kept[:-FEED_LINES]
 
 
 class PlaybackClock:

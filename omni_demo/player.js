@@ -7,7 +7,8 @@ const LEAD_SECONDS = 0.05;
 const player = {
   context: null,
   answer: null,      // id of the answer being played
-  cursor: 0,         // feed lines already handled
+  nextLine: 0,       // number of the next feed line to take
+  linesLost: 0,      // feed lines never seen (the value kept too few): stays 0
   nextTime: 0,       // context time where the next chunk starts
   sources: [],
   chunks: 0,         // chunks scheduled, all answers
@@ -87,21 +88,28 @@ function schedule(base64) {
 }
 
 function read() {
-  const lines = (props.value || "").split("\n");
-  const header = lines[0] || "";
-  if (!header.startsWith("answer ")) return;
-  const id = header.slice(7);
+  // The value is a header and the feed's last numbered lines (omni_demo/playback.py): take each line not
+  // taken yet, by its number, so an update that the script never saw costs nothing.
+  const value = props.value || "";
+  const headerEnd = value.indexOf("\n");
+  if (headerEnd < 0 || !value.startsWith("answer ")) return;
+  const id = value.slice(7, headerEnd);
   if (id !== player.answer) {
     silence();  // a new answer replaces whatever was left of the last one
     player.answer = id;
-    player.cursor = 1;
+    player.nextLine = 0;
     player.answers.push({ id, chunks: 0, samples: 0, energy: 0, firstArrival: null, firstStart: null, stoppedAt: null, ended: false });
     element.dataset.state = "idle";
   }
   const answer = current();
-  // The last element is "" (the feed ends with a newline) or a line still being written: leave it.
-  for (; player.cursor < lines.length - 1; player.cursor++) {
-    const line = lines[player.cursor];
+  let start = headerEnd + 1;
+  for (let end = value.indexOf("\n", start); end >= 0; start = end + 1, end = value.indexOf("\n", start)) {
+    const space = value.indexOf(" ", start);
+    const number = parseInt(value.slice(start, space), 10);
+    if (number < player.nextLine) continue;
+    if (number > player.nextLine) player.linesLost += number - player.nextLine;  // never expected
+    player.nextLine = number + 1;
+    const line = value.slice(space + 1, end);
     if (line.startsWith("pcm ")) {
       if (answer.stoppedAt === null) schedule(line.slice(4));
     } else if (line === "stop") {

@@ -34,6 +34,10 @@ class Sessions:
         if session is not None:
             session.close()
 
+    def open(self) -> list[LiveSession]:
+        with self._lock:
+            return list(self._sessions.values())
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._sessions)

@@ -1,7 +1,7 @@
 """Per-turn timings as the user lives them, and the small timeline chart of the last turns.
 
 Every figure counts from the end of the user's turn (the moment turn-taking decided they had finished, or
-the moment a typed message was sent), so queueing, the last window's encoding and prefill all count. A
+the moment a typed message was sent), so queueing, the open windows' encoding and prefill all count. A
 voice turn also knows when the speech itself ended: the silence that closes a turn comes before that.
 """
 

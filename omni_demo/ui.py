@@ -15,10 +15,11 @@ import gradio as gr
 
 from model import constants as C
 from omni_demo import gpu
-from omni_demo.live import ChatSettings, View
+from omni_demo.live import ChatSettings
 from omni_demo.playback import PLAYER_SCRIPT
 from omni_demo.sessions import Sessions
 from omni_demo.timings import chart, summary
+from omni_demo.view import View
 from omni_demo.worker import ModelWorker
 
 UPLOAD_TYPES = ["audio", "image", "video"]

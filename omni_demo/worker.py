@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 class Job:
     steps: Iterator  # a generator run on the worker thread
     on_error: Callable[[BaseException], None] | None = None
+    cancelled: bool = False  # closed at its next step, on the worker thread
 
 
 class ModelWorker:
@@ -35,7 +36,6 @@ class ModelWorker:
         self._jobs: dict[Hashable, deque[Job]] = {}
         self._active: deque[Hashable] = deque()  # sessions sharing the model, in round-robin order
         self._waiting: deque[Hashable] = deque()  # sessions with work, not yet admitted
-        self._cancelled: set[Hashable] = set()
         self._lock = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="model-worker", daemon=True)
@@ -49,7 +49,6 @@ class ModelWorker:
                 self._jobs[key] = deque()
                 self._waiting.append(key)
             self._jobs[key].append(Job(steps, on_error))
-            self._cancelled.discard(key)
             self._lock.notify_all()
 
     def place(self, key: Hashable) -> int | None:
@@ -63,10 +62,14 @@ class ModelWorker:
             return None
 
     def cancel(self, key: Hashable) -> None:
-        """Drops the session's queued jobs; the running one is closed at its next step (a closed tab)."""
+        """Drops the session's jobs: the queued ones now (they never run, whatever is submitted after), the
+        current one at its next step, on the worker thread, so its clean-up runs there (a closed tab)."""
         with self._lock:
-            if key in self._jobs:
-                self._cancelled.add(key)
+            jobs = self._jobs.get(key)
+            if jobs:
+                jobs[0].cancelled = True
+                while len(jobs) > 1:
+                    jobs.pop().steps.close()  # never started: closing runs none of its code
                 self._lock.notify_all()
 
     def idle(self, timeout: float | None = None) -> bool:
@@ -78,7 +81,7 @@ class ModelWorker:
         with self._lock:
             self._stopped = True
             for key in list(self._jobs):
-                self._cancelled.add(key)
+                self.cancel(key)
             self._lock.notify_all()
         self._thread.join(timeout=30)
 
@@ -96,18 +99,13 @@ class ModelWorker:
                     return None
                 self._lock.wait()
 
-    def _finish(self, key: Hashable, job: Job, all_jobs: bool) -> None:
+    def _finish(self, key: Hashable, job: Job) -> None:
         with self._lock:
             jobs = self._jobs.get(key)
             if jobs and jobs[0] is job:
                 jobs.popleft()
-            if all_jobs and jobs:
-                for dropped in jobs:
-                    dropped.steps.close()
-                jobs.clear()
             if not jobs:
                 self._jobs.pop(key, None)
-                self._cancelled.discard(key)
                 if key in self._active:
                     self._active.remove(key)
                 if key in self._waiting:
@@ -121,15 +119,15 @@ class ModelWorker:
 
     def _advance(self, key: Hashable, job: Job) -> None:
         with self._lock:
-            cancelled = key in self._cancelled
+            cancelled = job.cancelled
         if cancelled:
             job.steps.close()  # runs the job's own clean-up (finally blocks) on this thread
-            self._finish(key, job, all_jobs=True)
+            self._finish(key, job)
             return
         try:
             next(job.steps)
         except StopIteration:
-            self._finish(key, job, all_jobs=False)
+            self._finish(key, job)
         except BaseException as error:  # noqa: BLE001 - one session's failure must not stop the others
             log.exception("model job failed")
             if job.on_error is not None:
@@ -137,4 +135,4 @@ class ModelWorker:
                     job.on_error(error)
                 except Exception:  # noqa: BLE001
                     log.exception("error handler failed")
-            self._finish(key, job, all_jobs=False)
+            self._finish(key, job)

@@ -53,7 +53,7 @@ def test_a_message_sent_over_http_is_answered_in_its_own_session(live_app):
 def test_oversized_upload_is_refused_before_decoding(tmp_path):
     from model.limits import MAX_UPLOAD_BYTES
     from model.media import MediaError
-    from omni_demo.message import parts_from_files
+    from model.message import parts_from_files
 
     with open(tmp_path / "big.mp4", "wb") as f:
         f.truncate(MAX_UPLOAD_BYTES + 1)  # sparse: takes no disk

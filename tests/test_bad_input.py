@@ -22,7 +22,7 @@ from model import media
 from model.conversation import Audio, Video
 from model.conversation import Image as ImagePart
 from model.media import MediaError, load_audio, load_image, load_video, media_kind
-from omni_demo.message import parts_from_files
+from model.message import parts_from_files
 
 SR = 16_000
 LOADERS = (load_audio, load_image, load_video, media_kind)

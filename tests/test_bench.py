@@ -16,7 +16,7 @@ from test_session import greedy_settings, run
 from model import cases
 from model import constants as C
 from model.reference import TalkerSampling, reference_generate
-from model.sampling import Sampling, TokenChooser
+from model.engine.sampling import Sampling, TokenChooser
 from model.session import AnswerSettings, AudioChunk, OmniSession
 
 

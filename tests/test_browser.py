@@ -14,6 +14,9 @@ import pytest
 import soundfile
 from speech import BROWSER_RATE, silence, speech_48k
 
+from model import constants as C
+from model.processing import audio_token_count
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
     "--no-sandbox",
@@ -120,7 +123,8 @@ def timeline(page) -> list[dict]:
     return json.loads(page.get_attribute("#timeline", "data-turns") or "[]")
 
 
-def test_spoken_question_with_camera_streams_text_and_speech(playwright, server, camera_video, tmp_path):
+def test_spoken_question_with_camera_streams_text_and_speech(playwright, live_app, camera_video, tmp_path):
+    app, server = live_app
     microphone = microphone_file(tmp_path, silence(1.0), speech_48k(), silence(8.0))
     # An answer long enough to stream (several chunks), so the first audio is the first chunk's.
     browser, page = open_page(playwright, server, microphone, camera_video, max_tokens=64)
@@ -130,6 +134,7 @@ def test_spoken_question_with_camera_streams_text_and_speech(playwright, server,
         state = wait_for(page, answers_ended(1), "the spoken question's answer")
         answer = state["answers"][0]
         assert answer["chunks"] >= 2 and answer["samples"] > 0 and answer["stoppedAt"] is None
+        assert state["linesLost"] == 0  # the player took every line of the feed
         # Scheduled on arrival: an idle player starts a chunk 50 ms after it arrives.
         assert 0 <= answer["firstStart"] - answer["firstArrival"] <= 150
         chat = page.locator("#chat")
@@ -146,6 +151,16 @@ def test_spoken_question_with_camera_streams_text_and_speech(playwright, server,
         assert turn["silence"] < end_of_speech_to_audio < turn["silence"] + turn["total"] + 1.0
         print(f"\nend of speech -> first audio played in the browser: {end_of_speech_to_audio:.2f} s "
               f"(turn end -> first audio on the server: {turn['first_audio']:.2f} s; silence {turn['silence']:.2f} s)")
+        # On the server: the turn's pictures, and every audio token of what the microphone heard, reached the model.
+        assert app.worker.idle(60)
+        (live,) = [s for s in app.sessions.open() if s.answer and s.answer.turn and s.answer.turn.frames]
+        session = live.model._engine
+        record = session.history[0]
+        assert record.frames and len(record.audio)
+        heard = live.answer.turn.whole_audio()
+        windows = [heard[i : i + 32000] for i in range(0, len(heard), 32000)]
+        expected = sum(audio_token_count(-(-len(w) // 160)) for w in windows if len(w) >= 321)
+        assert session.thinker.ids.count(C.AUDIO_TOKEN_ID) == expected
     finally:
         browser.close()
 

@@ -194,7 +194,7 @@ def test_live_equals_the_engine_fed_live(checkpoint, capsys, case):
     """--live goes through the block-wise path: the same answer as a session fed the file live."""
     from model.conversation import Audio, Video
     from model.media import load_audio, load_video
-    from model.sampling import Sampling
+    from model.engine.sampling import Sampling
     from model.session import AnswerSettings
 
     argv, _ = CASES[case]

@@ -1,7 +1,8 @@
 """Live input: 2 s windows prefilled while the user speaks, against transformers fed the same features.
 
-The live path computes each window's log-mel from that window alone (see model/live_input.py), so its
-reference is transformers' generate on the same prompt with `input_features` = those per-window features.
+The live path computes each window's log-mel from that window alone (see model/engine/live_input.py), so
+its reference is transformers' generate on the same prompt with `input_features` = those per-window
+features, and the turn's canonical pictures (the 2 fps grid its record keeps).
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from test_session import assert_same_choices, greedy_settings, run
 from model import constants as C
 from model.conversation import Audio, Conversation, Video
 from model.media import load_audio, load_video
+from model.engine.encode import live_audio_features
+from model.media import VideoClip
 from model.reference import TalkerSampling, reference_generate
-from model.session import OmniSession
+from model.session import LiveTurn, OmniSession
 
 CHUNK_SAMPLES = 1600  # 0.1 s, like a browser's microphone chunks
 
@@ -37,16 +40,33 @@ def feed_live(session: OmniSession, audio: np.ndarray | None, frames=None, times
         fed += 1
 
 
-def compare(loaded, harness, session: OmniSession, conversation: Conversation):
+def canonical_conversation(record: LiveTurn) -> Conversation:
+    """The live turn as transformers gets it: its sound and its pictures on the 2 fps grid, as one video."""
+    conversation = Conversation()
+    if not record.frames:
+        conversation.add_user(Audio(record.audio))
+        return conversation
+    frames = np.stack([frame for frame, _ in record.frames])
+    times = np.array([t for _, t in record.frames])
+    sound = record.audio if len(record.audio) else None
+    conversation.add_user(Video(VideoClip(frames, times, C.VIDEO_FPS, sound)))
+    return conversation
+
+
+def compare(loaded, harness, session: OmniSession, expected_frames: int | None = None):
     session.end_user_turn()
+    record = session.history[-1]
+    assert isinstance(record, LiveTurn)
+    if expected_frames is not None:
+        assert len(record.frames) == expected_frames
     _, done = run(session, greedy_settings(harness))
     reference = reference_generate(
         loaded,
-        conversation,
+        canonical_conversation(record),
         max_new_tokens=harness.max_new_tokens,
         talker=TalkerSampling(greedy=True),
         noise_seed=harness.noise_seed,
-        audio_features=session.last_live_features,
+        audio_features=live_audio_features(loaded.processor, record.audio) if len(record.audio) else None,
     )
     assert session.thinker.ids[: len(reference.prompt_ids)] == reference.prompt_ids
     assert_same_choices(done.tokens, reference.thinker_tokens, done.token_margins)
@@ -59,27 +79,21 @@ def test_live_voice_equals_transformers_on_the_same_features(loaded, harness, as
     audio = load_audio(assets / "question.wav")
     session = OmniSession(loaded)
     feed_live(session, audio)
-    conversation = Conversation()
-    conversation.add_user(Audio(audio))
-    compare(loaded, harness, session, conversation)
+    compare(loaded, harness, session)
 
 
 def test_live_camera_and_voice_equal_transformers(loaded, harness, assets):
     clip = load_video(assets / "clip_with_audio.mp4")
     session = OmniSession(loaded)
     feed_live(session, clip.audio, clip.frames, clip.timestamps)
-    conversation = Conversation()
-    conversation.add_user(Video(clip))
-    compare(loaded, harness, session, conversation)
+    compare(loaded, harness, session, expected_frames=len(clip.frames))
 
 
 def test_live_camera_without_sound_equals_transformers(loaded, harness, assets):
     clip = dataclasses.replace(load_video(assets / "clip_silent.mp4", with_audio=False), audio=None)
     session = OmniSession(loaded)
     feed_live(session, None, clip.frames, clip.timestamps)
-    conversation = Conversation()
-    conversation.add_user(Video(clip))
-    compare(loaded, harness, session, conversation)
+    compare(loaded, harness, session, expected_frames=len(clip.frames))
 
 
 def test_windows_are_prefilled_while_the_user_speaks(loaded, assets):
@@ -100,9 +114,10 @@ def test_whole_clip_features_differ_only_slightly(loaded, assets):
     session = OmniSession(loaded)
     feed_live(session, audio)
     session.end_user_turn()
+    live = live_audio_features(loaded.processor, session.history[-1].audio)
     whole, _ = loaded.processor._audio_features([audio])
-    whole = whole["input_features"][0, :, : session.last_live_features.shape[-1]]
-    difference = (whole - session.last_live_features).abs()
+    whole = whole["input_features"][0, :, : live.shape[-1]]
+    difference = (whole - live).abs()
     assert difference.max() < 0.5 and difference.mean() < 0.05
 
 

@@ -12,7 +12,9 @@ import pytest
 from speech import chunks, silence, speech_48k
 
 from model import constants as C
-from omni_demo.live import LiveSession, heard_tokens
+from model.session import AnswerTurn, LiveTurn, UserTurn
+from omni_demo.live import LiveSession
+from omni_demo.view import heard_tokens
 from omni_demo.worker import ModelWorker
 
 
@@ -44,6 +46,15 @@ def finish(live: LiveSession, worker: ModelWorker) -> None:
     assert not live.answering
 
 
+def kinds(history) -> list[str]:
+    names = {UserTurn: "user", LiveTurn: "live", AnswerTurn: "answer"}
+    return [names[type(r)] for r in history]
+
+
+def engine(live: LiveSession):
+    return live.model._engine
+
+
 def texts(live: LiveSession, role: str) -> list[str]:
     return [m["content"] for m in live.chat if m["role"] == role and isinstance(m["content"], str)]
 
@@ -57,8 +68,7 @@ def test_a_spoken_question_is_prefilled_while_spoken_and_answered(loaded, worker
     question = np.concatenate([silence(0.5), speech_48k(), speech_48k()])  # about 6 s of speech
     assert speak(live, question) == 0
     assert worker.idle(120)
-    engine = live._engine
-    assert engine is not None and engine._live.windows_done >= 2  # 2 s windows already in the cache
+    assert engine(live) is not None and engine(live).live_windows >= 2  # 2 s windows already in the cache
     assert speak(live, silence(1.5)) == 1  # the pause ends the turn and starts the answer
     finish(live, worker)
     voice, answer_clip = files(live, "user")[0], files(live, "assistant")[0]
@@ -68,10 +78,10 @@ def test_a_spoken_question_is_prefilled_while_spoken_and_answered(loaded, worker
     timing = live.timings[-1]
     assert timing.kind == "voice" and 0 < timing.first_text <= timing.first_audio <= timing.total
     assert 0.55 < timing.silence < 1.0  # the 0.6 s pause (and one 0.2 s chunk at most) before the turn ended
-    assert live.answer.feed.text.count("\npcm ") >= 1 and live.answer.feed.text.endswith("end\n")
-    history = engine.history
-    assert [r.kind for r in history] == ["live", "answer"]
-    assert abs(len(history[0].payload[0]) / C.INPUT_SAMPLE_RATE - (6.4 + 0.3 + 0.6)) < 0.6
+    assert " pcm " in live.answer.feed.value() and live.answer.feed.value().endswith(" end\n")
+    history = engine(live).history
+    assert kinds(history) == ["live", "answer"]
+    assert abs(len(history[0].audio) / C.INPUT_SAMPLE_RATE - (6.4 + 0.3 + 0.6)) < 0.6
 
 
 def test_typed_turns_and_the_voice_setting(loaded, worker):
@@ -91,14 +101,14 @@ def test_a_corrupt_upload_is_refused_and_the_session_goes_on(loaded, worker, ass
     assert live.send("", []) == "Say, type or upload something first."
     assert live.send("Then say hello.", []) is None
     finish(live, worker)
-    assert texts(live, "assistant")[-1] and live._engine.turns == 1
+    assert texts(live, "assistant")[-1] and engine(live).turns == 1
 
 
 def test_a_fault_inside_the_model_keeps_the_conversation(loaded, worker):
     live = new_session(loaded, worker, text_only=True)
     live.send("First question.", [])
     finish(live, worker)
-    before = list(live._engine.thinker.ids)
+    before = list(engine(live).thinker.ids)
     live.update(voice="Nobody", text_only=False)  # respond() raises: this checkpoint has no such voice
     live.send("Second question.", [])
     finish(live, worker)
@@ -106,8 +116,8 @@ def test_a_fault_inside_the_model_keeps_the_conversation(loaded, worker):
     live.update(voice="Chelsie")
     live.send("Third question.", [])
     finish(live, worker)
-    assert live._engine.thinker.ids[: len(before)] == before  # the first exchange is still there
-    assert [r.kind for r in live._engine.history] == ["user", "answer", "user", "answer"]
+    assert engine(live).thinker.ids[: len(before)] == before  # the first exchange is still there
+    assert kinds(engine(live).history) == ["user", "answer", "user", "answer"]
 
 
 def test_speaking_during_an_answer_cuts_in(loaded, worker):
@@ -122,15 +132,15 @@ def test_speaking_during_an_answer_cuts_in(loaded, worker):
     live.update(max_new_tokens=8)  # the next answer (settings are taken per answer)
     assert speak(live, np.concatenate([speech_48k(), silence(1.0)])) == 1
     finish(live, worker)
-    assert first.feed.text.endswith("stop\n") and first.heard_at_stop is not None  # the player was stopped
+    assert first.feed.value().endswith(" stop\n") and first.heard_at_stop is not None  # the player was stopped
     cut = [m for m in live.chat if m.get("metadata", {}).get("title", "").startswith("✋ Interrupted")]
     assert cut == [first.message] and first.message["content"].endswith(" …")
     assert first.timing.interrupted and [t.interrupted for t in live.timings] == [True, False]
-    history = live._engine.history
-    assert [r.kind for r in history] == ["user", "answer", "live", "answer"]
+    history = engine(live).history
+    assert kinds(history) == ["user", "answer", "live", "answer"]
     # The first answer is kept in the model's memory only as far as it was heard.
-    assert history[1].payload == first.tokens[: heard_tokens(first, first.heard_at_stop)]
-    assert len(history[1].payload) < len(first.tokens)
+    assert history[1].tokens == first.tokens[: heard_tokens(first, first.heard_at_stop)]
+    assert len(history[1].tokens) < len(first.tokens)
 
 
 def test_tabs_are_isolated(loaded, worker):
@@ -140,9 +150,9 @@ def test_tabs_are_isolated(loaded, worker):
     finish(a, worker)
     finish(b, worker)
     tokenizer = loaded.processor.tokenizer
-    assert "Apples" in tokenizer.decode(a._engine.thinker.ids)
-    assert "Apples" not in tokenizer.decode(b._engine.thinker.ids)
-    assert C.AUDIO_TOKEN_ID in b._engine.thinker.ids and C.AUDIO_TOKEN_ID not in a._engine.thinker.ids
+    assert "Apples" in tokenizer.decode(engine(a).thinker.ids)
+    assert "Apples" not in tokenizer.decode(engine(b).thinker.ids)
+    assert C.AUDIO_TOKEN_ID in engine(b).thinker.ids and C.AUDIO_TOKEN_ID not in engine(a).thinker.ids
     assert texts(a, "user") == ["Apples are red."] and texts(b, "user")[0].startswith("🎙️")
 
 
@@ -159,28 +169,45 @@ def test_closing_a_tab_stops_its_answer_and_frees_its_files(loaded, worker):
     assert live.hear(48_000, speech_48k()) is False  # a closed tab hears nothing
 
 
-def test_on_zero_gpu_each_turn_is_one_pickled_call_that_answers_as_the_worker_does(loaded, worker, monkeypatch):
+@pytest.fixture
+def zero_gpu_calls(loaded, monkeypatch):
     """ZeroGPU runs a turn in a forked process: the request and every yield are pickled, and nothing else
-    survives the call. The conversation must come out as the persistent worker's does."""
+    survives the call. The requests and what each call yielded are recorded."""
     import pickle
 
     from omni_demo import gpu
 
-    requests = []
+    calls = []
     run_turn = gpu.run_turn
 
     def forked(request):
-        requests.append(request)
+        calls.append((request, []))
         for item in run_turn(pickle.loads(pickle.dumps(request))):
+            calls[-1][1].append(item)
             yield pickle.loads(pickle.dumps(item))
 
     monkeypatch.setattr(gpu, "run_turn", forked)
     gpu.serve(loaded)
+    return calls
+
+
+def speak_with_camera(live: LiveSession, audio: np.ndarray) -> int:
+    ended = 0
+    for i, (rate, chunk) in enumerate(chunks(audio)):
+        if i % 3 == 0:
+            live.see(camera(i))
+        ended += live.hear(rate, chunk)
+    return ended
+
+
+def test_on_zero_gpu_each_turn_is_one_pickled_call_that_answers_as_the_worker_does(loaded, worker, zero_gpu_calls):
+    """A camera turn, then a typed one: the conversation comes out of the GPU calls as the persistent
+    worker's does (the same records, pictures included, and the same answers)."""
     zero = new_session(loaded, worker, "zero", zero_gpu=True, seed=3)
     local = new_session(loaded, worker, "local", seed=3)
     question = np.concatenate([silence(0.3), speech_48k(), silence(1.0)])
     for live in (zero, local):
-        assert speak(live, question) == 1
+        assert speak_with_camera(live, question) == 1
     assert list(zero.follow()) and zero.answer.finished  # the GPU call runs inside the page's event
     list(local.follow())  # until its speech has played too: a message sent earlier would cut in
     finish(local, worker)
@@ -189,15 +216,70 @@ def test_on_zero_gpu_each_turn_is_one_pickled_call_that_answers_as_the_worker_do
     list(zero.follow())
     finish(local, worker)
 
-    assert len(requests) == 2 and zero._engine is None  # no caches outside the calls
-    assert [len(r.history) for r in requests] == [0, 2] and requests[0].audio is not None
-    ours, theirs = zero._history, local._engine.history
-    assert [r.kind for r in ours] == [r.kind for r in theirs] == ["live", "answer", "user", "answer"]
-    assert [r.payload for r in ours if r.kind == "answer"] == [r.payload for r in theirs if r.kind == "answer"]
+    requests = [request for request, _ in zero_gpu_calls]
+    assert len(requests) == 2 and engine(zero) is None  # no caches outside the calls
+    assert [len(r.history) for r in requests] == [0, 2] and requests[0].audio is not None and requests[0].frames
+    ours, theirs = zero.model.history, engine(local).history
+    assert kinds(ours) == kinds(theirs) == ["live", "answer", "user", "answer"]
+    np.testing.assert_array_equal(ours[0].audio, theirs[0].audio)
+    assert len(ours[0].frames) == len(theirs[0].frames) > 0
+    assert all(np.array_equal(a, b) and s == t for (a, s), (b, t) in zip(ours[0].frames, theirs[0].frames))
+    assert [r.tokens for r in ours if isinstance(r, AnswerTurn)] == [r.tokens for r in theirs if isinstance(r, AnswerTurn)]
     assert [m["content"] for m in zero.chat if isinstance(m["content"], str)] == [
         m["content"] for m in local.chat if isinstance(m["content"], str)
     ]
-    assert gpu.turn_seconds(requests[1]) >= gpu.turn_seconds(requests[0]) > 20
+    assert gpu_seconds(requests[1]) >= gpu_seconds(requests[0]) > 20
+
+
+def gpu_seconds(request) -> int:
+    from omni_demo import gpu
+
+    return gpu.turn_seconds(request)
+
+
+def test_on_zero_gpu_a_cut_off_answer_keeps_the_ids_the_model_chose(loaded, worker, zero_gpu_calls):
+    """Cut off mid-answer, the call's final history never comes back: the tab keeps the ids that streamed
+    out, not a re-tokenisation of their text (which can differ)."""
+    from model.session import TextDelta
+
+    zero = new_session(loaded, worker, "zero", zero_gpu=True, text_only=True)
+    zero.update(max_new_tokens=200)
+    zero.send("Tell me a long story.", [])
+    for view in zero.follow():
+        if len(zero.answer.tokens) >= 12:
+            zero.stop()
+    streamed = [e.token for e in zero_gpu_calls[0][1] if isinstance(e, TextDelta)]
+    kept = zero.model.history[-1]
+    assert isinstance(kept, AnswerTurn) and 12 <= len(kept.tokens) < 200
+    assert kept.tokens == streamed[: len(kept.tokens)] == zero.answer.tokens[: len(kept.tokens)]
+    zero.update(max_new_tokens=4)
+    zero.send("Go on.", [])
+    list(zero.follow())
+    assert zero.answer.done is not None and not zero.answer.done.interrupted  # the next call rebuilt it
+
+
+def test_on_zero_gpu_a_late_voice_turn_trims_and_the_trimmed_history_comes_back(loaded, worker, zero_gpu_calls,
+                                                                                monkeypatch):
+    from omni_demo import gpu
+
+    limit = 420
+    monkeypatch.setattr(gpu, "OmniSession", lambda loaded, **kw: gpu_session(loaded, limit, **kw))
+    zero = new_session(loaded, worker, "zero", zero_gpu=True, text_only=True)
+    for i in range(12):
+        zero.send(f"Question number {i}, with a few more words to take up some room?", [])
+        list(zero.follow())
+    for _ in range(2):
+        assert speak(zero, np.concatenate([silence(0.3), speech_48k(), silence(1.0)])) == 1
+        list(zero.follow())
+        assert zero.answer.done is not None and not zero.chat[-1].get("metadata", {}).get("title", "").startswith("⚠️")
+        history = zero.model.history
+        assert kinds(history)[-2:] == ["live", "answer"] and sum(r.span for r in history) <= limit
+
+
+def gpu_session(loaded, limit, **kwargs):
+    from model.session import OmniSession
+
+    return OmniSession(loaded, max_positions=limit, **kwargs)
 
 
 def test_an_answer_past_the_turn_limit_is_stopped_and_the_session_goes_on(loaded, worker):
@@ -208,7 +290,8 @@ def test_an_answer_past_the_turn_limit_is_stopped_and_the_session_goes_on(loaded
     finish(live, worker)
     assert time.monotonic() - started < 30  # not 1000 tokens
     assert live.answer.timed_out and live.chat[-1]["metadata"]["title"].endswith("Stopped")
-    assert live._engine.history[-1].kind == "answer" and 0 < len(live._engine.history[-1].payload) < 1000
+    last = engine(live).history[-1]
+    assert isinstance(last, AnswerTurn) and 0 < len(last.tokens) < 1000
     live.turn_timeout_s = 300
     live.update(max_new_tokens=4)
     live.send("Short, then.", [])
@@ -239,19 +322,174 @@ def test_out_of_memory_inside_a_turn_is_reported_and_the_session_goes_on(loaded,
     live = new_session(loaded, worker, text_only=True)
     live.send("First question.", [])
     finish(live, worker)
-    engine = live._engine
-    step = engine.thinker.step
+    session = engine(live)
+    step = session.thinker.step
 
     def out_of_memory(token):
-        engine.thinker.step = step  # once
+        session.thinker.step = step  # once
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    engine.thinker.step = out_of_memory
+    session.thinker.step = out_of_memory
     live.send("Second question.", [])
     finish(live, worker)
     assert "OutOfMemoryError" in live.chat[-1]["content"] and "conversation is kept" in live.chat[-1]["content"]
-    assert [r.kind for r in live._engine.history] == ["user", "answer"]  # the failed turn is gone
+    assert kinds(engine(live).history) == ["user", "answer"]  # the failed turn is gone
     live.send("Third question.", [])
     finish(live, worker)
-    assert [r.kind for r in live._engine.history] == ["user", "answer", "user", "answer"]
+    assert kinds(engine(live).history) == ["user", "answer", "user", "answer"]
     assert live.answer.tokens
+
+
+def camera(index: int) -> np.ndarray:
+    """A webcam frame as Gradio hands it (RGB uint8), different each time."""
+    return np.random.default_rng(index).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+
+
+def expected_audio_tokens(audio: np.ndarray) -> int:
+    from model.processing import audio_token_count
+
+    windows = [audio[i : i + 32000] for i in range(0, len(audio), 32000)]
+    return sum(audio_token_count(-(-len(w) // 160)) for w in windows if len(w) >= 321)
+
+
+@pytest.mark.parametrize("camera_pattern", ["every 0.5 s", "bursts of 3", "from another thread"])
+def test_every_audio_token_of_a_camera_turn_reaches_the_model(loaded, worker, camera_pattern):
+    """Microphone chunks as Gradio gives them, with webcam frames interleaved several ways: the model gets all
+    of the turn's sound (every audio token) and its pictures, however the two streams interleaved."""
+    import threading
+
+    live = new_session(loaded, worker, text_only=True)
+    question = np.concatenate([silence(0.3), speech_48k(), speech_48k(), silence(1.2)])
+    pieces = list(chunks(question))
+    if camera_pattern == "from another thread":
+        stop = threading.Event()
+
+        def webcam():
+            index = 0
+            while not stop.is_set():
+                live.see(camera(index))
+                index += 1
+                time.sleep(0.05)
+
+        thread = threading.Thread(target=webcam)
+        thread.start()
+        try:
+            for rate, chunk in pieces:
+                live.hear(rate, chunk)
+                time.sleep(0.01)
+        finally:
+            stop.set()
+            thread.join()
+    else:
+        for i, (rate, chunk) in enumerate(pieces):
+            if camera_pattern == "every 0.5 s" and i % 2 == 0:
+                live.see(camera(i))
+            if camera_pattern == "bursts of 3" and i % 5 == 0:
+                for k in range(3):
+                    live.see(camera(100 * i + k))
+            live.hear(rate, chunk)
+    finish(live, worker)
+    session = engine(live)
+    record = session.history[0]
+    assert kinds(session.history) == ["live", "answer"] and record.frames  # the pictures are in
+    heard = live.answer.turn.whole_audio()
+    np.testing.assert_array_equal(record.audio, heard[: len(record.audio)])
+    assert len(heard) - len(record.audio) < 321  # at most a tail too short for one token
+    assert session.thinker.ids.count(C.AUDIO_TOKEN_ID) == expected_audio_tokens(heard)
+    assert session.windows_redone == 0 or camera_pattern == "from another thread"
+
+
+def test_handlers_never_touch_the_engine(loaded, worker, monkeypatch):
+    """Only the worker's thread may use a tab's engine: handlers (and a barge-in) only submit jobs."""
+    import threading
+
+    from model.engine.session import OmniSession
+
+    callers = []
+    for name in ("feed", "feed_audio", "feed_frame", "end_user_turn", "add_user_turn", "respond", "interrupt",
+                 "keep_answer", "restore"):
+        original = getattr(OmniSession, name)
+
+        def spy(self, *args, _original=original, **kwargs):
+            callers.append(threading.current_thread().name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(OmniSession, name, spy)
+    live = new_session(loaded, worker)
+    live.update(max_new_tokens=300)
+    live.send("Tell me a long story.", [])
+    deadline = time.monotonic() + 120
+    while live.answer.clock.total == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    speak(live, np.concatenate([speech_48k(), silence(1.0)]))  # cuts in, then a voice turn
+    live.stop()
+    live.update(system_prompt="You are brief.")
+    finish(live, worker)
+    live.clear()
+    live.close()
+    assert worker.idle(60)
+    assert callers and set(callers) == {"model-worker"}
+
+
+def test_a_clip_being_written_never_holds_up_the_page(loaded, worker, monkeypatch):
+    """The microphone handler writes the turn's clip and thumbnail: the view's lock, which the worker takes
+    for every answer event, must be free meanwhile (one tab's disk write stalled every tab's decoding)."""
+    import threading
+
+    import omni_demo.live as live_module
+
+    free_while_writing = []
+    write = live_module.soundfile.write
+
+    def slow_write(*args, **kwargs):
+        taken = threading.Event()
+
+        def worker_side():
+            with live.view:
+                taken.set()
+
+        threading.Thread(target=worker_side).start()
+        free_while_writing.append(taken.wait(2.0))
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(live_module.soundfile, "write", slow_write)
+    live = new_session(loaded, worker, text_only=True)
+    live.see(camera(0))
+    assert speak(live, np.concatenate([silence(0.3), speech_48k(), silence(1.2)])) == 1
+    finish(live, worker)
+    assert free_while_writing == [True]
+
+
+def test_a_failed_prefill_keeps_the_turn_whole_and_the_last_answer_playing(loaded, worker, monkeypatch):
+    """A window's prefill fails while the user speaks: the previous answer's playback is left alone, and the
+    caches are rebuilt and given the whole turn again, so the answer still hears every audio token."""
+    from model.engine.session import OmniSession
+
+    live = new_session(loaded, worker)
+    live.send("Hello.", [])
+    finish(live, worker)
+    previous = live.answer
+    previous.clock.add(60.0)  # as if a minute of it were still to play
+    feed, failures = OmniSession.feed, []
+
+    def failing_once(self, audio, frames=()):
+        if not failures:
+            failures.append(True)
+            raise RuntimeError("a fault in the encoder")
+        return feed(self, audio, frames)
+
+    monkeypatch.setattr(OmniSession, "feed", failing_once)
+    with live.view:
+        previous.clock.stopped_at = None
+    worker.submit(live.key, live.model.feed(speech_48k()[:8000].astype(np.float32) / 32768, []), live.model.prefill_failed)
+    assert worker.idle(60) and failures
+    assert not previous.feed.stopped and previous.finished  # still playing; not stopped by the fault
+    live.clear()  # that piece was no turn the listener heard: start a real one afresh
+    failures.clear()
+    question = np.concatenate([silence(0.3), speech_48k(), speech_48k(), silence(1.2)])
+    assert speak(live, question) == 1
+    finish(live, worker)
+    assert failures == [True]  # the first window's prefill failed
+    session = engine(live)
+    assert kinds(session.history) == ["live", "answer"]
+    assert session.thinker.ids.count(C.AUDIO_TOKEN_ID) == expected_audio_tokens(live.answer.turn.whole_audio())

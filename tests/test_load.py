@@ -126,7 +126,7 @@ def run_round(app, url: str, tag: str) -> list[list]:
 
 
 def test_concurrent_sessions_get_their_own_answers_in_order(load_app):
-    from model.session import OmniSession
+    from model.session import AnswerTurn, OmniSession, UserTurn
     from omni_demo.live import LiveSession
 
     app, url = load_app
@@ -148,11 +148,11 @@ def test_concurrent_sessions_get_their_own_answers_in_order(load_app):
     for i, session in enumerate(sessions):
         asked = [m["content"] for m in session.chat if m["role"] == "user"]
         assert asked == [f"load session {i} turn {t}: what is {i} plus {t}?" for t in range(TURNS)]
-        history = session._engine.history
-        assert [r.kind for r in history] == ["user", "answer"] * TURNS
-        assert all(r.payload for r in history if r.kind == "answer")  # a complete answer each turn
+        history = session.model.history
+        assert [type(r) for r in history] == [UserTurn, AnswerTurn] * TURNS
+        assert all(r.tokens for r in history if isinstance(r, AnswerTurn))  # a complete answer each turn
         assert len(session.timings) == TURNS and not any(t.interrupted for t in session.timings)
-        prompt = app.sessions.loaded.processor.tokenizer.decode(session._engine.thinker.ids)
+        prompt = app.sessions.loaded.processor.tokenizer.decode(session.model._engine.thinker.ids)
         others = [f"session {j} " for j in range(SESSIONS) if j != i]
         assert not any(other in prompt for other in others)  # nothing of another session
     for turn in range(TURNS):

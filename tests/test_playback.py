@@ -7,24 +7,50 @@ import base64
 import numpy as np
 import pytest
 
-from omni_demo.live import Answer, heard_tokens
-from omni_demo.playback import PlaybackClock, PlayerFeed, pcm16
+from omni_demo.playback import FEED_LINES, PlaybackClock, PlayerFeed, pcm16
+from omni_demo.view import Answer, heard_tokens
 from omni_demo.timings import TurnTiming
 
 
-def test_feed_is_append_only_and_decodes_to_the_samples():
+def numbered(value: str) -> list[tuple[int, str]]:
+    header, *lines = value.split("\n")
+    assert header.startswith("answer ") and lines[-1] == ""
+    return [(int(n), rest) for n, rest in (line.split(" ", 1) for line in lines[:-1])]
+
+
+def test_feed_lines_are_numbered_and_decode_to_the_samples():
     feed = PlayerFeed(3)
     samples = np.array([0.0, 0.5, -0.5, 1.0, -1.0], np.float32)
-    before = feed.text
+    before = feed.value()
     feed.add(samples)
-    assert feed.text.startswith(before)  # Gradio sends an "append" diff, never the whole text again
-    line = feed.text.splitlines()[1]
+    assert feed.value().startswith(before)  # Gradio sends an "append" diff, never the whole text again
+    (number, line), = numbered(feed.value())
     pcm = np.frombuffer(base64.b64decode(line.removeprefix("pcm ")), "<i2")
     np.testing.assert_array_equal(pcm, [0, 16384, -16384, 32767, -32768])
     feed.stop()
     feed.add(samples)  # nothing is played after a stop
     feed.end()
-    assert feed.text.splitlines() == ["answer 3", line, "stop"]
+    assert numbered(feed.value()) == [(0, line), (1, "stop")]
+
+
+def test_an_update_costs_the_same_however_long_the_answer():
+    """The value the page gets on each update stays bounded, and a reader that takes lines by number loses
+    none, even when it sees only every FEED_LINES-th update."""
+    feed = PlayerFeed(1)
+    chunk = np.zeros(2400, np.float32)  # 0.1 s of speech a line
+    sizes, counts, seen, taken = [], [], [], []
+    for i in range(40 * FEED_LINES):
+        feed.add(chunk)
+        value = feed.value()
+        sizes.append(len(value))
+        counts.append(value.count("\n") - 1)
+        if i % FEED_LINES == FEED_LINES - 1:  # a reader that missed the updates in between
+            lines = numbered(value)
+            taken += [n for n, _ in lines if n >= len(taken)]
+        seen.append(value)
+    assert max(sizes) <= 2 * FEED_LINES * (len(numbered(seen[0])[0][1]) + 8) + 20
+    assert max(counts) == 2 * FEED_LINES  # the same lines at most, at the answer's start and at its end
+    assert taken == list(range(40 * FEED_LINES))
 
 
 def test_clock_schedules_gap_free_and_counts_what_was_heard():

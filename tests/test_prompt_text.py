@@ -13,7 +13,7 @@ from model.limits import MAX_TEXT_CHARS, UserInputError
 from model.prompt_text import CONTROL_TOKENS, check_user_text, neutralise_control_tokens
 from model.reference import prepare_inputs, reference_generate
 from model.session import AnswerSettings, OmniSession
-from omni_demo.message import NOTHING_TO_ANSWER, parts_from_message
+from model.message import NOTHING_TO_ANSWER, parts_from_message
 
 
 def every_added_token(tokenizer) -> list[str]:

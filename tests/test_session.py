@@ -16,7 +16,7 @@ from conftest import HARNESS_CASES
 from model import constants as C
 from model.conversation import Text
 from model.reference import TalkerSampling, reference_generate
-from model.sampling import Sampling
+from model.engine.sampling import Sampling
 from model.session import AnswerDone, AnswerSettings, AudioChunk, OmniSession, TextDelta
 
 MARGIN_TOLERANCE = 1e-3  # float32 logits of O(10): error between summation orders is well below this
@@ -245,7 +245,7 @@ def test_keep_answer_forgets_what_was_not_heard(loaded, harness, keep):
     _, done = run(session, greedy_settings(harness, max_new_tokens=12))
     assert len(done.tokens) > keep
     session.keep_answer(keep)
-    assert session.history[-1].payload == done.tokens[:keep]
+    assert session.history[-1].tokens == done.tokens[:keep]
     session.add_user_turn(Text("Go on."))
     tokenizer = loaded.processor.tokenizer
     go_on = tokenizer("<|im_end|>\n<|im_start|>user\nGo on.<|im_end|>\n<|im_start|>assistant\n").input_ids
@@ -281,3 +281,48 @@ def test_restore_rebuilds_the_same_conversation(loaded, harness, assets):
     _, a = run(first, greedy_settings(harness, max_new_tokens=6))
     _, b = run(second, greedy_settings(harness, max_new_tokens=6))
     assert a.tokens == b.tokens and a.codes == b.codes
+
+
+def test_a_live_turn_that_starts_late_in_the_context_makes_room_first(loaded, harness, assets):
+    """A live turn starting past 3/4 of the model's positions trims the oldest turns before it is fed (it
+    raised AttributeError: the trim's restore dropped the live turn being opened)."""
+    from model.conversation import Audio
+    from model.media import load_audio
+    from model.processing import audio_token_count
+    from model.session import AnswerTurn, LiveTurn, UserTurn
+
+    limit = 420
+    session = OmniSession(loaded, max_positions=limit)
+    for i in range(12):
+        session.add_user_turn(Text(f"Question number {i}, with a few more words to take up some room?"))
+        run(session, greedy_settings(harness, text_only=True, max_new_tokens=8))
+        if session.thinker.next_position + limit // 4 > limit:
+            break
+    assert session.thinker.next_position + limit // 4 > limit
+    audio = load_audio(assets / "question.wav")
+    session.feed_live(Audio(audio))
+    _, done = run(session, greedy_settings(harness, text_only=True, max_new_tokens=4))
+    assert done.tokens and session.thinker.next_position <= limit
+    history = session.history
+    assert isinstance(history[0], UserTurn) and "Question number 0," not in history[0].parts[0].text
+    assert [type(r) for r in history[-2:]] == [LiveTurn, AnswerTurn]
+    windows = [audio[i : i + 32000] for i in range(0, len(audio), 32000)]
+    expected = sum(audio_token_count(-(-len(w) // 160)) for w in windows)
+    assert session.thinker.ids.count(C.AUDIO_TOKEN_ID) == expected  # every audio token of the turn is there
+    # The trimmed conversation is what a restore of its history builds.
+    rebuilt = OmniSession(loaded, max_positions=limit)
+    rebuilt.restore(history)
+    assert rebuilt.thinker.ids == session.thinker.ids
+
+
+def test_a_whole_turn_drops_a_live_turn_left_open(loaded, harness, assets):
+    from model.media import load_audio
+
+    session = OmniSession(loaded)
+    session.feed_audio(load_audio(assets / "question.wav")[:40000])  # a window is already in the cache
+    assert session.live_windows == 1
+    session.add_user_turn(Text("Hello?"))
+    fresh = OmniSession(loaded)
+    fresh.add_user_turn(Text("Hello?"))
+    assert session.thinker.ids == fresh.thinker.ids and session.live_windows == 0
+    assert session.thinker.cache.get_seq_length() == len(fresh.thinker.ids)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.token2wav_stream import (
+from model.engine.token2wav_stream import (
     FlowSettings,
     StreamingToken2Wav,
     Voice,

@@ -83,3 +83,26 @@ def test_cancel_closes_the_running_job_and_drops_the_queue(worker):
     gate.set()
     assert worker.idle(10)
     assert closed == [True] and log == []
+
+
+def test_jobs_cancelled_never_run_even_when_more_is_submitted_at_once(worker):
+    """A tab's turn is cancelled and its next turn submitted straight after: the cancelled turn's queued
+    jobs must not run (they did, when a submit cleared the cancel before the worker saw it)."""
+    gate, started, log = threading.Event(), threading.Event(), []
+
+    def running():
+        started.set()
+        gate.wait(5)
+        log.append("running step")
+        yield
+        log.append("running went on")  # closed at its next step instead
+        yield
+
+    worker.submit("a", running())
+    worker.submit("a", job(log, "cancelled", 2))
+    assert started.wait(5)
+    worker.cancel("a")
+    worker.submit("a", job(log, "next turn", 1))
+    gate.set()
+    assert worker.idle(10)
+    assert log == ["running step", ("next turn", 0)]

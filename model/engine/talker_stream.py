@@ -79,6 +79,18 @@ class TalkerStream:
         self.next_position += 1
         return self._forward(self.codec_embed(code) + reply, position)
 
+    def mark(self) -> tuple[int, int]:
+        """Where the conversation's prompt stands now (between answers), for `rewind`."""
+        return self.prompt_length, self.prompt_next_position
+
+    def rewind(self, mark: tuple[int, int]) -> None:
+        """Back to `mark`: the prompt fed since is forgotten."""
+        if self.length != self.prompt_length:
+            raise RuntimeError("the talker is mid-answer; end the answer before rewinding its prompt")
+        self.cache.crop(mark[0] - self.length)  # a negative count: positions to remove
+        self.length = self.prompt_length = mark[0]
+        self.next_position = self.prompt_next_position = mark[1]
+
     def end_answer(self) -> None:
         """Drops the answer's positions: the next answer's talker sees the conversation, not this speech."""
         extra = self.length - self.prompt_length

@@ -89,6 +89,17 @@ class ThinkerStream:
         self.next_position += 1
         return self.thinker.lm_head(hidden[:, -1]), state
 
+    def mark(self) -> tuple[int, int, int]:
+        """Where the cache stands now, for `rewind`."""
+        return self.length, len(self.talker_states), self.next_position
+
+    def rewind(self, mark: tuple[int, int, int]) -> None:
+        """Back to `mark`: everything prefilled or fed since is forgotten (a live window that must be redone)."""
+        length, states, next_position = mark
+        self.cache.crop(length - self.length)  # a negative count: tokens to remove
+        del self.ids[length:], self.talker_states[states:], self.state_positions[states:]
+        self.next_position = next_position
+
     def forget_last(self, count: int) -> None:
         """Drops the last `count` decoded tokens (one `step` each) from the cache and the talker states."""
         if any(state.shape[1] != 1 for state in self.talker_states[-count:]):

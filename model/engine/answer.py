@@ -1,0 +1,151 @@
+"""One answer's decoding: the thinker and the talker interleaved, the talker one token behind, and
+token2wav chunk by chunk, so text and speech leave as they are made.
+
+Talker step k reads thinker token k+1's state (transformers' "thinker reply part"), so each thinker step is
+followed by one talker step; once the thinker has finished, the talker reads text EOS once, then text PAD
+until it ends. A chosen token is fed back to the thinker only if decoding goes on: what was fed and what
+was only chosen is kept apart, so the session can close the answer exactly wherever it stopped.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import torch
+
+from model import constants as C
+from model.engine.events import AnswerDone, AnswerSettings, AudioChunk, TextDelta, Timings
+from model.engine.sampling import TokenChooser
+from model.engine.talker_stream import TalkerStream
+from model.engine.thinker_stream import ThinkerStream
+from model.engine.token2wav_stream import StreamingToken2Wav
+
+
+class TextStreamer:
+    """Incremental detokenisation that never splits a multi-byte character."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.tokens: list[int] = []
+        self.sent = ""
+
+    def add(self, token: int) -> str:
+        self.tokens.append(token)
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its next byte
+            return ""
+        delta, self.sent = text[len(self.sent) :], text
+        return delta
+
+
+class AnswerDecoder:
+    """Decodes one answer from the logits the prompt left. `tokens` are the thinker's choices, `fed` how
+    many of them are in its cache, `codes` the talker's."""
+
+    def __init__(
+        self,
+        thinker: ThinkerStream,
+        talker: TalkerStream | None,
+        token2wav,
+        voice: dict | None,
+        tokenizer,
+        settings: AnswerSettings,
+        interrupt: threading.Event,
+        started: float,
+    ):
+        self.thinker, self.talker, self.settings = thinker, talker, settings
+        self.interrupt = interrupt
+        self.started = started
+        self.timings = Timings()
+        device = thinker.device
+        generator = None
+        if settings.seed is not None:
+            generator = torch.Generator(device=device).manual_seed(settings.seed)
+        self.think = TokenChooser(
+            settings.thinker, generator=generator, device=device, min_new_tokens=settings.min_new_tokens, eos=(C.IM_END_ID,)
+        )
+        self.talk = TokenChooser(
+            settings.talker,
+            suppress=(C.CODEC_BOS_ID,),
+            generator=generator,
+            device=device,
+            min_new_tokens=settings.talker_min_new_tokens,
+            eos=C.TALKER_EOS_CODES,
+        )
+        self.speaking = voice is not None
+        if self.speaking:
+            self.speech = StreamingToken2Wav(
+                token2wav,
+                voice,
+                noise=settings.noise_seed,
+                first_chunk_frames=settings.first_chunk_frames,
+                chunk_frames=settings.chunk_frames,
+                solver=settings.solver,
+                num_steps=settings.num_steps,
+            )
+            embed = thinker.embed
+            self.bos_embed = embed(torch.tensor([[voice["bos_token"]]], device=device))
+            self.text_eos = embed(torch.tensor([[C.TALKER_TEXT_EOS_ID]], device=device))
+            self.text_pad = embed(torch.tensor([[C.TALKER_TEXT_PAD_ID]], device=device))
+        self.text = TextStreamer(tokenizer)
+        self.tokens: list[int] = []
+        self.codes: list[int] = []
+        self.fed = 0
+        self.interrupted = False
+        self._code_logits = None
+        self._talker_done = not self.speaking
+
+    @torch.no_grad()
+    def events(self, logits: torch.Tensor) -> Iterator[TextDelta | AudioChunk]:
+        history = torch.tensor([self.thinker.ids], device=self.thinker.device)
+        while True:
+            if self.interrupt.is_set():
+                self.interrupted = True
+                break
+            token = self.think.choose(logits, history)
+            self.tokens.append(token)
+            if self.timings.first_text is None:
+                self.timings.first_text = time.perf_counter() - self.started
+            yield TextDelta(self.text.add(token), token)
+            if token == C.IM_END_ID or len(self.tokens) >= self.settings.max_new_tokens:
+                break
+            logits, state = self.thinker.step(token)
+            self.fed += 1
+            history = torch.cat([history, torch.tensor([[token]], device=history.device)], dim=1)
+            if not self._talker_done:
+                yield from self._talk_step(state)
+        if self.speaking and not self.interrupted:
+            reply = self.text_eos
+            while not self._talker_done and self._code_logits is not None and not self.interrupt.is_set():
+                yield from self._talk_step(reply)
+                reply = self.text_pad
+            yield from self._audio(self.speech.flush())
+
+    def done(self) -> AnswerDone:
+        timings = self.timings
+        timings.total = time.perf_counter() - self.started
+        timings.tokens, timings.codes = len(self.tokens), len(self.codes)
+        text = self.text.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        return AnswerDone(text, self.tokens, self.codes, timings, self.interrupted, self.think.margins, self.talk.margins)
+
+    def _talk_step(self, reply: torch.Tensor) -> Iterator[AudioChunk]:
+        """One talker step fed `reply`; the code it chose goes to token2wav."""
+        if self._code_logits is None:
+            self._code_logits = self.talker.start(self.bos_embed, reply)
+        else:
+            self._code_logits = self.talker.step(self.codes[-1], reply)
+        code = self.talk.choose(self._code_logits, self.talker.penalty_history())
+        ends = code in C.TALKER_EOS_CODES or len(self.codes) + 1 >= self.settings.talker_max_new_tokens
+        self._talker_done = ends
+        if code not in C.TALKER_EOS_CODES:
+            self.codes.append(code)
+            yield from self._audio(self.speech.feed([code]))
+
+    def _audio(self, chunks) -> Iterator[AudioChunk]:
+        for samples in chunks:
+            if self.timings.first_audio is None:
+                self.timings.first_audio = time.perf_counter() - self.started
+            self.timings.audio_seconds += len(samples) / C.OUTPUT_SAMPLE_RATE
+            yield AudioChunk(samples)

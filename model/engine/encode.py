@@ -1,0 +1,189 @@
+"""The one path from prompt pieces to what the thinker reads: ids, input embeddings, TMRoPE ids.
+
+Whole turns and live windows both come through here. The processor (model.processing) turns media into
+features and tells how many placeholder tokens each takes; `media_embeddings` runs the audio and vision
+encoders and puts their outputs at those placeholders; `rope_ids` asks transformers' `get_rope_index` for
+the 3-D position ids of a piece of prompt that starts at 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from model import constants as C
+from model.conversation import Audio, Conversation, Part, Turn
+from model.engine.live_input import SAMPLES_PER_WINDOW
+from model.engine.thinker_stream import Segment
+from model.processing import audio_token_count
+
+
+@dataclass(frozen=True)
+class LivePrompt:
+    """A live turn's prompt so far: its ids, and the media totals that the TMRoPE ids of what follows
+    depend on."""
+
+    ids: tuple[int, ...] = ()
+    video_grids: int = 0  # frame pairs
+    audio_frames: int = 0  # mel frames
+    grid_hw: tuple[int, int] | None = None
+
+
+class PromptEncoder:
+    def __init__(self, thinker, processor):
+        self.thinker = thinker  # Qwen2_5OmniThinkerForConditionalGeneration
+        self.processor = processor
+
+    @property
+    def device(self) -> torch.device:
+        return self.thinker.lm_head.weight.device
+
+    def token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.thinker.get_input_embeddings()(ids)
+
+    @torch.no_grad()
+    def media_embeddings(self, ids: torch.Tensor, media: Mapping) -> torch.Tensor:
+        """Input embeddings of `ids` (1, n), with the encoders' outputs at the media placeholders. `media`
+        holds the processor's tensors (any of audio features, image pixels, video pixels, with their grids)."""
+        embeds = self.token_embeddings(ids)
+        dtype, model = embeds.dtype, self.thinker.model
+        if "input_features" in media:
+            features = model.get_audio_features(
+                media["input_features"].to(self.device, dtype), media["feature_attention_mask"].to(self.device)
+            ).last_hidden_state
+            embeds = embeds.masked_scatter((ids == C.AUDIO_TOKEN_ID).unsqueeze(-1), features.to(dtype))
+        if "pixel_values" in media:
+            out = model.get_image_features(media["pixel_values"].to(self.device, dtype), media["image_grid_thw"].to(self.device))
+            features = torch.cat(out.pooler_output, dim=0)
+            embeds = embeds.masked_scatter((ids == C.IMAGE_TOKEN_ID).unsqueeze(-1), features.to(dtype))
+        if "pixel_values_videos" in media:
+            out = model.get_video_features(
+                media["pixel_values_videos"].to(self.device, dtype), media["video_grid_thw"].to(self.device)
+            )
+            features = torch.cat(out.pooler_output, dim=0)
+            embeds = embeds.masked_scatter((ids == C.VIDEO_TOKEN_ID).unsqueeze(-1), features.to(dtype))
+        return embeds
+
+    def rope_ids(
+        self,
+        ids: torch.Tensor,
+        *,
+        image_grid: torch.Tensor | None = None,
+        video_grid: torch.Tensor | None = None,
+        audio_frames: torch.Tensor | None = None,
+        seconds_per_grid: torch.Tensor | None = None,
+        use_audio_in_video: bool = False,
+    ) -> torch.Tensor:
+        """TMRoPE ids (3, 1, n) of a piece of prompt starting at 0; `audio_frames` is the mel frames of each
+        audio (the processor's feature mask summed)."""
+        positions, _ = self.thinker.model.get_rope_index(
+            ids,
+            image_grid,
+            video_grid,
+            torch.ones_like(ids),
+            use_audio_in_video,
+            audio_frames,
+            seconds_per_grid,
+        )
+        return positions
+
+    def whole_turn(self, text: str, parts: list[Part], use_audio_in_video: bool, offset: int) -> Segment:
+        """A user turn given whole (text, audio, images, videos) through the processor, placed at `offset`."""
+        _, media = Conversation("", [Turn("user", list(parts))]).model_inputs()
+        interleave = use_audio_in_video and bool(media["videos"]) and all(v.audio is not None for v in media["videos"])
+        if media["videos"] and not interleave:
+            # model_inputs put each video's sound after it as a separate audio part only when it decided not
+            # to interleave; keep the two decisions the same.
+            media["audio"] = [p.samples for p in parts if isinstance(p, Audio)] + [
+                v.audio for v in media["videos"] if v.audio is not None
+            ]
+        inputs = self.processor(
+            text=text,
+            audio=media["audio"] or None,
+            images=media["images"] or None,
+            videos=[clip.frames for clip in media["videos"]] or None,
+            video_fps=[clip.fps for clip in media["videos"]] or None,
+            use_audio_in_video=interleave,
+        ).to(self.device)
+        ids = inputs["input_ids"]
+        positions = self.rope_ids(
+            ids,
+            image_grid=inputs.get("image_grid_thw"),
+            video_grid=inputs.get("video_grid_thw"),
+            audio_frames=inputs["feature_attention_mask"].sum(-1) if "feature_attention_mask" in inputs else None,
+            seconds_per_grid=inputs.get("video_second_per_grid"),
+            use_audio_in_video=interleave,
+        )
+        return Segment(ids, self.media_embeddings(ids, inputs), positions + offset)
+
+    # ------------------------------------------------------------ live windows
+
+    def live_window(
+        self, frames: list[np.ndarray], audio: np.ndarray, head: list[int], tail: list[int], so_far: LivePrompt, offset: int
+    ) -> tuple[Segment, LivePrompt]:
+        """One live window after `so_far`: `head` (the turn's opening, before its first window), then its video
+        tokens (its frames, in pairs), then its audio tokens (its sound's log-mel, computed from this window
+        alone). `tail` is the turn's closing, for the rope ids. Returns the segment and the prompt after it."""
+        media: dict = {}
+        if frames:
+            if len(frames) % 2:  # an odd tail repeats its last frame, as the processor does
+                frames = frames + frames[-1:]
+            media.update(self.processor.video_processor([np.stack(frames)]))
+        if len(audio):
+            media.update(self.processor._audio_features([audio])[0])
+        ids = head + self._placeholder_ids(media)
+        grid = media.get("video_grid_thw")
+        after = LivePrompt(
+            so_far.ids + tuple(ids),
+            so_far.video_grids + (int(grid[0, 0]) if grid is not None else 0),
+            so_far.audio_frames + (int(media["feature_attention_mask"].sum()) if len(audio) else 0),
+            tuple(grid[0, 1:].tolist()) if grid is not None else so_far.grid_hw,
+        )
+        return self._live_segment(ids, media, so_far, after, tail, offset), after
+
+    def live_closing(self, tail: list[int], so_far: LivePrompt, offset: int) -> Segment:
+        """The closing tokens after a live turn's last window."""
+        return self._live_segment(tail, {}, so_far, so_far, [], offset)
+
+    def _live_segment(
+        self, new_ids: list[int], media: Mapping, before: LivePrompt, totals: LivePrompt, tail: list[int], offset: int
+    ) -> Segment:
+        """`new_ids` at their TMRoPE ids: transformers' get_rope_index over the turn so far (`totals`' media),
+        closed by `tail`. Ids already placed do not depend on what follows, so every window gets the ids the
+        whole turn gives it."""
+        device = self.device
+        ids = torch.tensor([[*before.ids, *new_ids, *tail]], device=device)
+        video = bool(totals.video_grids)
+        positions = self.rope_ids(
+            ids,
+            video_grid=torch.tensor([[totals.video_grids, *totals.grid_hw]], device=device) if video else None,
+            audio_frames=torch.tensor([totals.audio_frames], device=device) if totals.audio_frames else None,
+            seconds_per_grid=torch.tensor([self.processor.video_processor.temporal_patch_size / C.VIDEO_FPS], device=device)
+            if video
+            else None,
+            use_audio_in_video=video and bool(totals.audio_frames),
+        )
+        new = torch.tensor([new_ids], dtype=torch.long, device=device)
+        placed = positions[:, :, len(before.ids) : len(before.ids) + len(new_ids)] + offset
+        return Segment(new, self.media_embeddings(new, media), placed)
+
+    def _placeholder_ids(self, media: Mapping) -> list[int]:
+        """A live window's tokens: its video tokens, then its audio tokens (the layout of a video with its
+        sound, window by window)."""
+        ids = []
+        if "video_grid_thw" in media:
+            merge = self.processor.video_processor.merge_size
+            ids += [C.VIDEO_TOKEN_ID] * int(media["video_grid_thw"].prod() // merge**2)
+        if "feature_attention_mask" in media:
+            ids += [C.AUDIO_TOKEN_ID] * audio_token_count(int(media["feature_attention_mask"].sum()))
+        return ids
+
+
+def live_audio_features(processor, audio: np.ndarray) -> torch.Tensor:
+    """The log-mel (128, frames) of a live turn's sound as the live path computes it, 2 s window by window:
+    what transformers must be fed to see the same audio (tests/test_live_input.py)."""
+    windows = [audio[i : i + SAMPLES_PER_WINDOW] for i in range(0, len(audio), SAMPLES_PER_WINDOW)]
+    return torch.cat([processor._audio_features([w])[0]["input_features"][0] for w in windows], dim=-1)

@@ -1,0 +1,78 @@
+"""What crosses the engine's boundary: an answer's settings, and the events `respond` streams out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from model import constants as C
+from model.engine.sampling import TALKER_DEFAULT, THINKER_DEFAULT, Sampling
+
+
+@dataclass
+class AnswerSettings:
+    voice: str = "Chelsie"
+    text_only: bool = False
+    max_new_tokens: int = 1024
+    talker_max_new_tokens: int = C.TALKER_MAX_NEW_TOKENS
+    min_new_tokens: int = 0  # the thinker's EOS is suppressed until then (transformers' min_new_tokens)
+    talker_min_new_tokens: int = 0  # likewise the talker's EOS codes: forces an answer's length (benchmarks)
+    thinker: Sampling = field(default_factory=lambda: THINKER_DEFAULT)
+    talker: Sampling = field(default_factory=lambda: TALKER_DEFAULT)
+    seed: int | None = None
+    noise_seed: int | None = None  # token2wav's starting noise (fixed for reproducible audio)
+    first_chunk_frames: int = 48  # mel frames (2 per code); multiples of the DiT block (24)
+    chunk_frames: int = 48
+    solver: str = "rk4"  # "rk4" (the reference) or "euler" (a quarter of the DiT passes)
+    num_steps: int = 10  # ODE time points
+
+
+@dataclass
+class TextDelta:
+    """One chosen token and the text it adds (empty while a multi-byte character is incomplete). The token
+    travels with it, so a consumer that stops early still knows exactly what the model said."""
+
+    text: str
+    token: int = -1
+
+
+@dataclass
+class AudioChunk:
+    samples: np.ndarray  # float32, mono
+    sample_rate: int = C.OUTPUT_SAMPLE_RATE
+
+
+@dataclass
+class Timings:
+    """Seconds from the end of the user's input: the call to `end_user_turn` (live) or `add_user_turn`,
+    so the encoding and prefill of what was left when the user stopped count too."""
+
+    first_text: float | None = None
+    first_audio: float | None = None
+    total: float = 0.0
+    tokens: int = 0
+    codes: int = 0
+    audio_seconds: float = 0.0
+
+
+@dataclass
+class AnswerDone:
+    text: str
+    tokens: list[int]
+    codes: list[int]
+    timings: Timings
+    interrupted: bool = False
+    token_margins: list[float] = field(default_factory=list)  # greedy top-2 margins (see TokenChooser)
+    code_margins: list[float] = field(default_factory=list)
+
+
+@dataclass
+class ContextTrimmed:
+    """The conversation outgrew the model's positions: its oldest exchanges were dropped."""
+
+    dropped_turns: int
+    message: str
+
+
+Event = TextDelta | AudioChunk | AnswerDone | ContextTrimmed

@@ -1,0 +1,385 @@
+"""A streaming conversation with Qwen2.5-Omni: input in as it comes, text and speech out as they are made.
+
+`OmniSession` coordinates one conversation over the engine's stages:
+
+    add_user_turn(parts) ------------------------------> encode.whole_turn ----+
+    feed_audio / feed_frame -> live_input.LiveTimeline -> settled windows ------+-> thinker cache (+ talker's prompt)
+    end_user_turn --------------------------------------> every open window, closing tokens
+    respond --------------------------------------------> answer.AnswerDecoder -> TextDelta, AudioChunk, AnswerDone
+    history / restore ----------------------------------> history records, replayed through the same calls
+
+A live turn's prompt depends on its content alone (model/engine/live_input.py): windows are prefilled
+while the user speaks, as soon as they are settled, and a window whose content changes afterwards (a late
+camera frame) is rolled back and prefilled again. With greedy decoding the tokens and codes are
+transformers' own (tests/test_session.py, tests/test_live_input.py). One thread uses a session at a time;
+only `interrupt` may be called from another.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from model import constants as C
+from model.conversation import Audio, Part, Video
+from model.engine import history as H
+from model.engine.answer import AnswerDecoder
+from model.engine.encode import LivePrompt, PromptEncoder
+from model.engine.events import AnswerSettings, ContextTrimmed, Event
+from model.engine.history import AnswerTurn, LiveTurn, Record, UserTurn
+from model.engine.live_input import LiveTimeline, Window
+from model.engine.prompt import TurnTemplate
+from model.engine.talker_stream import TalkerStream
+from model.engine.thinker_stream import ThinkerStream
+
+
+@dataclass
+class _Checkpoint:
+    """The caches between two prefills: where a live window that must be redone rolls back to."""
+
+    thinker: tuple[int, int, int]
+    talker: tuple[int, int] | None
+    talker_fed: int
+
+
+@dataclass
+class _PrefilledWindow:
+    plan: Window  # what it holds: if the timeline's plan for it changes, it is redone
+    before: _Checkpoint  # the caches before it
+    prompt: LivePrompt  # the turn's prompt through it
+
+
+@dataclass
+class _OpenLiveTurn:
+    timeline: LiveTimeline
+    start: _Checkpoint  # the caches before the turn
+    offset: int  # rope id of the turn's first token
+    first: bool  # the conversation's first turn (its head carries the system prompt)
+    windows: list[_PrefilledWindow] = field(default_factory=list)
+
+
+class OmniSession:
+    def __init__(
+        self,
+        loaded,
+        system_prompt: str = C.AUDIO_SYSTEM_PROMPT,
+        use_audio_in_video: bool = True,
+        prefill_talker: bool = True,
+        max_positions: int | None = None,
+        interrupt: threading.Event | None = None,
+    ):
+        """`interrupt`: an event that stops the running answer when set, for an owner that must not reach
+        into the session from another thread (default: the session's own, set by `interrupt()`)."""
+        self.loaded = loaded
+        self.model = loaded.model
+        self.processor = loaded.processor
+        self.template = TurnTemplate(self.processor, system_prompt)
+        self.encoder = PromptEncoder(self.model.thinker, self.processor)
+        # One layout for every video of the conversation, as transformers requires; a video without sound
+        # is laid out without audio either way.
+        self.use_audio_in_video = use_audio_in_video
+        # Feed the talker's prompt as input arrives (off: only when a spoken answer is asked for).
+        self.prefill_talker = prefill_talker
+        # The rope ids the thinker was trained with; the conversation is trimmed before it would pass them.
+        self.max_positions = max_positions or self.model.thinker.config.text_config.max_position_embeddings
+        self._interrupt = interrupt or threading.Event()
+        self._restoring = False
+        self.windows_redone = 0  # live windows prefilled again because a late frame changed them
+        self._clear()
+
+    def _clear(self) -> None:
+        self.thinker = ThinkerStream(self.model.thinker)
+        self.talker = TalkerStream(self.model.talker) if hasattr(self.model, "talker") else None
+        self._talker_fed = 0  # entries of thinker.talker_states already in the talker's cache
+        self._logits: torch.Tensor | None = None  # after the last prefill: the answer's first choice
+        self._closing: list[int] = []  # the last answer's unfed tail (its last token, if not <|im_end|>)
+        self._records: list[Record] = []
+        self._live: _OpenLiveTurn | None = None
+        self._input_ended: float | None = None  # when the user's turn ended: the timings' zero
+
+    @property
+    def system_prompt(self) -> str:
+        return self.template.system_prompt
+
+    @system_prompt.setter
+    def system_prompt(self, prompt: str) -> None:
+        self.template = TurnTemplate(self.processor, prompt)
+
+    @property
+    def turns(self) -> int:
+        return H.user_turns(self._records)
+
+    @property
+    def live_windows(self) -> int:
+        """Windows of the live turn being heard that are already in the cache."""
+        return len(self._live.windows) if self._live else 0
+
+    def interrupt(self) -> None:
+        """Stops the running answer at its next decode step (safe from any thread). The answer's text up to
+        there stays in the conversation, as it was said."""
+        self._interrupt.set()
+
+    # ------------------------------------------------------------------ whole turns
+
+    def add_user_turn(self, *parts: Part) -> None:
+        """Prefills a whole user turn (text, audio, images, videos) and the assistant's prompt. A live turn
+        still open is dropped."""
+        self._input_ended = time.perf_counter()
+        if self._live is not None:
+            self._rewind(self._live.start)
+            self._live = None
+        self._close_last_answer()
+        start = self.thinker.next_position
+        text = self.template.turn_text(list(parts), first=not self._records)
+        segment = self.encoder.whole_turn(text, list(parts), self.use_audio_in_video, start)
+        span = int(segment.position_ids.max()) + 1 - start
+        if span + 1 > self.max_positions // 2:
+            raise ValueError(
+                f"This input needs {span} positions; the model holds {self.max_positions} in all. "
+                "Send a shorter recording or video."
+            )
+        self._logits = self.thinker.prefill(segment)
+        self._records.append(UserTurn(list(parts), self.thinker.next_position - start))
+        self._feed_talker_prompt()
+
+    # ------------------------------------------------------------------ live turns
+
+    def feed_audio(self, samples: np.ndarray) -> None:
+        """Live microphone audio (16 kHz mono float32, any chunk size)."""
+        self._open_live().timeline.add_audio(samples)
+        self._prefill_settled()
+
+    def feed_frame(self, frame: np.ndarray, seconds: float) -> None:
+        """A live camera frame (RGB uint8) taken `seconds` after the turn began."""
+        if self._open_live().timeline.add_frame(frame, seconds):
+            self._prefill_settled()
+
+    def feed(self, audio: np.ndarray, frames=()) -> None:
+        """More of a live turn at once: 16 kHz audio and camera frames, each (frame, seconds into the turn)."""
+        timeline = self._open_live().timeline
+        timeline.add_audio(audio)
+        for frame, seconds in frames:
+            timeline.add_frame(frame, seconds)
+        self._prefill_settled()
+
+    def feed_live(self, *parts: Part, chunk_samples: int = 1600) -> None:
+        """Feeds recorded audio and video parts as one live stream in real-time order (audio in 0.1 s chunks,
+        each frame once its time has come) and ends the turn: the `--live` path for files."""
+        audio = [p.samples for p in parts if isinstance(p, Audio)]
+        videos = [p.clip for p in parts if isinstance(p, Video)]
+        if len(videos) > 1 or len(audio) + len(videos) != len(parts):
+            raise ValueError("A live turn is audio and at most one video (the camera).")
+        clip = videos[0] if videos else None
+        if clip is not None and clip.audio is not None:
+            audio.append(clip.audio)
+        sound = np.concatenate(audio) if audio else np.zeros(0, np.float32)
+        frames = [] if clip is None else [(f, float(t)) for f, t in zip(clip.frames, clip.timestamps)]
+        for start in range(0, len(sound), chunk_samples):
+            while frames and frames[0][1] * C.INPUT_SAMPLE_RATE <= start:
+                self.feed_frame(*frames.pop(0))
+            self.feed_audio(sound[start : start + chunk_samples])
+        for frame, seconds in frames:
+            self.feed_frame(frame, seconds)
+        self.end_user_turn()
+
+    def end_user_turn(self) -> None:
+        """The user stopped: encode every window still open, close the turn, ready to `respond`."""
+        self._input_ended = time.perf_counter()
+        live = self._live
+        if live is None or live.timeline.empty:
+            self._live = None
+            raise ValueError("The live turn has no audio and no frames.")
+        timeline = live.timeline
+        if timeline.window_count() == 0:
+            self._live = None
+            raise ValueError("The live turn is too short to hear.")
+        self._roll_back_changed(final=True)
+        for index in range(len(live.windows), timeline.window_count()):
+            self._prefill_window(timeline.plan(index, final=True))
+        last = live.windows[-1]
+        tail = self._tokens(self.template.live_tail(live.first, last.plan.camera, last.plan.sound))
+        self._logits = self.thinker.prefill(self.encoder.live_closing(tail, last.prompt, live.offset))
+        self._live = None
+        record = LiveTurn(timeline.audio()[: timeline.kept_samples()], timeline.slot_frames())
+        record.span = self.thinker.next_position - live.offset
+        self._records.append(record)
+        self._feed_talker_prompt()
+
+    def _open_live(self) -> _OpenLiveTurn:
+        if self._live is None:
+            if not self._restoring and self.thinker.next_position + self.max_positions // 4 > self.max_positions:
+                self._trim(keep_last=0)  # make room before the user's speech goes in
+            self._close_last_answer()
+            self._live = _OpenLiveTurn(LiveTimeline(), self._checkpoint(), self.thinker.next_position, not self._records)
+        return self._live
+
+    def _prefill_settled(self) -> None:
+        live = self._live
+        self._roll_back_changed(final=False)
+        while len(live.windows) < live.timeline.settled_count():
+            self._prefill_window(live.timeline.plan(len(live.windows), final=False))
+
+    def _roll_back_changed(self, final: bool) -> None:
+        """Rolls the caches back to the first prefilled window whose content is not what it was."""
+        live = self._live
+        for index, window in enumerate(live.windows):
+            if window.plan != live.timeline.plan(index, final):
+                self._rewind(window.before)
+                self.windows_redone += len(live.windows) - index
+                del live.windows[index:]
+                return
+
+    @torch.no_grad()
+    def _prefill_window(self, plan: Window) -> None:
+        """Encodes one window (its frame pairs, its sound) and prefills its tokens: video, then audio."""
+        live, timeline = self._live, self._live.timeline
+        head = self._tokens(self.template.live_head(live.first, plan.camera, plan.sound)) if plan.index == 0 else []
+        tail = self._tokens(self.template.live_tail(live.first, plan.camera, plan.sound))
+        so_far = live.windows[-1].prompt if live.windows else LivePrompt()
+        before = self._checkpoint()
+        frames = [timeline.frame(f) for f in plan.frames]
+        segment, prompt = self.encoder.live_window(frames, timeline.window_audio(plan), head, tail, so_far, live.offset)
+        self._logits = self.thinker.prefill(segment)
+        live.windows.append(_PrefilledWindow(plan, before, prompt))
+        self._feed_talker_prompt()  # the talker's prompt too, so the answer starts with little to do
+
+    def _tokens(self, text: str) -> list[int]:
+        return self.processor.tokenizer(text).input_ids
+
+    # ------------------------------------------------------------------ the caches
+
+    def _checkpoint(self) -> _Checkpoint:
+        return _Checkpoint(self.thinker.mark(), self.talker.mark() if self.talker else None, self._talker_fed)
+
+    def _rewind(self, checkpoint: _Checkpoint) -> None:
+        self.thinker.rewind(checkpoint.thinker)
+        if self.talker is not None and self._talker_fed > checkpoint.talker_fed:
+            self.talker.rewind(checkpoint.talker)
+            self._talker_fed = checkpoint.talker_fed
+
+    def _close_last_answer(self) -> None:
+        if self._closing:
+            self.thinker.prefill(self.thinker.text_segment(self._closing))
+            self._closing = []
+
+    def _feed_talker_prompt(self, now: bool = False) -> None:
+        """Prefills the talker with the thinker states it has not seen yet (its prompt is the conversation);
+        as input arrives when `prefill_talker` is on, else `now`, when a spoken answer starts."""
+        if self.talker is None or not (self.prefill_talker or now):
+            return
+        states = self.thinker.talker_states[self._talker_fed :]
+        if states:
+            positions = self.thinker.state_positions[self._talker_fed :]
+            self.talker.feed_prompt(torch.cat(states, dim=1), torch.cat(positions, dim=-1))
+            self._talker_fed = len(self.thinker.talker_states)
+
+    # ------------------------------------------------------------------ history
+
+    @property
+    def history(self) -> list[Record]:
+        """The conversation as it was given, for `restore` (here or in another process)."""
+        return list(self._records)
+
+    def restore(self, history: list[Record]) -> None:
+        """Rebuilds the caches from `history` (with a new system prompt, after a failed turn, in a ZeroGPU call
+        whose process has no caches), through the same calls that built them. A live turn in progress is
+        dropped."""
+        self._clear()
+        self._restoring = True
+        try:
+            for record in history:
+                if isinstance(record, UserTurn):
+                    self.add_user_turn(*record.parts)
+                elif isinstance(record, LiveTurn):
+                    self.feed(record.audio, record.frames)
+                    self.end_user_turn()
+                else:
+                    self._replay_answer(record.tokens)
+        finally:
+            self._restoring = False
+        self._input_ended = None
+
+    def _replay_answer(self, tokens: list[int]) -> None:
+        start = self.thinker.next_position
+        if tokens[:-1]:
+            self.thinker.prefill(self.thinker.text_segment(tokens[:-1]))
+        self._closing = [] if not tokens or tokens[-1] == C.IM_END_ID else [tokens[-1]]
+        self._logits = None
+        self._records.append(AnswerTurn(list(tokens), self.thinker.next_position - start))
+        self._feed_talker_prompt()
+
+    def _trim(self, keep_last: int, room: int = 0) -> int:
+        """Drops the oldest exchanges until the rest plus `room` fits in half the positions, then rebuilds the
+        caches from what is kept. Returns the user turns dropped."""
+        first = H.first_kept(self._records, self.max_positions // 2 - room, keep_last)
+        dropped = H.user_turns(self._records[:first])
+        self.restore(self._records[first:])  # the last user turn's replay leaves the answer's first logits
+        return dropped
+
+    def keep_answer(self, count: int) -> None:
+        """Keeps only the first `count` tokens of the last answer, e.g. what the user heard before cutting in:
+        the caches and the history forget the rest, and the next turn closes the answer there."""
+        if not self._records or not isinstance(self._records[-1], AnswerTurn) or self._live is not None:
+            raise RuntimeError("keep_answer must follow an answer")
+        last = self._records[-1]
+        if count >= len(last.tokens):
+            return
+        kept = last.tokens[: max(0, count)]
+        unfed = len(self._closing) + (last.tokens[-1] == C.IM_END_ID)  # chosen, never fed: 0 or 1
+        drop = len(last.tokens) - unfed - len(kept)
+        self._records[-1] = AnswerTurn(kept, last.span - drop)
+        self._closing = []  # all that is kept is in the cache (drop >= 0); the next turn's text closes it
+        if drop > 0 and self._talker_fed > len(self.thinker.talker_states) - drop:
+            self.restore(self._records)  # the talker has read those states too (after a restore): rebuild
+        elif drop > 0:
+            self.thinker.forget_last(drop)
+
+    # ------------------------------------------------------------------ the answer
+
+    @torch.no_grad()
+    def respond(self, settings: AnswerSettings | None = None) -> Iterator[Event]:
+        settings = settings or AnswerSettings()
+        if self._logits is None:
+            raise RuntimeError("add a user turn before asking for an answer")
+        started = self._input_ended or time.perf_counter()
+        self._input_ended = None
+        if self.thinker.next_position + settings.max_new_tokens + 2 > self.max_positions:
+            dropped = self._trim(keep_last=1, room=settings.max_new_tokens)
+            yield ContextTrimmed(dropped, f"The conversation was too long for the model; its {dropped} oldest turns were dropped.")
+            if self.thinker.next_position + settings.max_new_tokens + 2 > self.max_positions:
+                settings = replace(settings, max_new_tokens=self.max_positions - self.thinker.next_position - 2)
+        voices = self.loaded.voices
+        if settings.voice not in voices:
+            raise ValueError(f"Unknown voice {settings.voice!r}; this checkpoint has {', '.join(sorted(voices))}.")
+        speaking = not settings.text_only and self.talker is not None
+        if speaking:
+            self._feed_talker_prompt(now=True)
+        decoder = AnswerDecoder(
+            self.thinker,
+            self.talker,
+            self.model.token2wav if speaking else None,
+            voices[settings.voice] if speaking else None,
+            self.processor.tokenizer,
+            settings,
+            self._interrupt,
+            started,
+        )
+        logits, self._logits = self._logits, None
+        start = self.thinker.next_position
+        self._interrupt.clear()
+        try:
+            yield from decoder.events(logits)
+        finally:
+            # Also when the consumer stops early (a closed tab): the conversation stays consistent. A token
+            # chosen but never fed starts the next turn (unless it is <|im_end|>, which the next turn's text
+            # brings itself); an interrupt can land after the last token was fed, and then none is.
+            self._closing = [t for t in decoder.tokens[decoder.fed :] if t != C.IM_END_ID]
+            self._records.append(AnswerTurn(list(decoder.tokens), self.thinker.next_position - start))
+            if speaking:
+                self.talker.end_answer()
+        yield decoder.done()

@@ -1,0 +1,144 @@
+"""A tab's ears and eyes: microphone chunks and webcam frames in, the user's turns out. No model here.
+
+    microphone (48 kHz int16) -> MicResampler -> 16 kHz -> TurnDetector (Silero VAD) -> turn events
+    webcam frame -> camera_frame (bounded size) -> timestamped on the microphone's sample clock
+
+A turn starts `preroll_seconds` before its first voiced window; while it is heard, its audio and the
+camera's frames are collected in a `HeardTurn`, each frame timestamped by the microphone's clock, so the
+turn's content is the same whatever order the two streams' handlers run in. What the model has not been
+given yet is taken with `take_unsent`.
+
+Gradio runs the microphone and camera handlers on their own threads, sometimes two chunks of one stream at
+once: the listener's lock keeps them in order. It is held across the VAD (about 1 ms per 32 ms window) and
+memory updates only; the model worker never takes it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from model import constants as C
+from omni_demo.capture import MicResampler, camera_frame
+from omni_demo.turns import SpeechConfirmed, SpeechStarted, TurnDetector, TurnDiscarded, TurnEnded, TurnEvent, TurnSettings
+
+PREROLL_KEEP_SECONDS = 1.0  # microphone audio kept while nobody speaks, for the turn's pre-roll
+CAMERA_FRESH_SECONDS = 1.0  # a frame this recent shows what the camera sees as the user starts
+
+
+@dataclass
+class HeardTurn:
+    """The user's voice turn being heard: its audio from the pre-roll on, and its camera frames."""
+
+    start: int  # stream sample where the turn begins
+    audio: list[np.ndarray] = field(default_factory=list)  # 16 kHz mono float32
+    samples: int = 0
+    frames: list[tuple[np.ndarray, float]] = field(default_factory=list)  # (RGB frame, seconds into the turn)
+    confirmed: bool = False
+    sent_chunks: int = 0  # chunks and frames already taken for the model
+    sent_samples: int = 0
+    sent_frames: int = 0
+
+    def add(self, samples: np.ndarray) -> None:
+        self.audio.append(samples)
+        self.samples += len(samples)
+
+    def whole_audio(self) -> np.ndarray:
+        return np.concatenate(self.audio) if self.audio else np.zeros(0, np.float32)
+
+    @property
+    def seconds(self) -> float:
+        return self.samples / C.INPUT_SAMPLE_RATE
+
+
+class Listener:
+    def __init__(self, vad=None, settings: TurnSettings = TurnSettings()):
+        self._resampler = MicResampler()
+        self._detector = TurnDetector(vad, settings)
+        self._recent: deque[tuple[int, np.ndarray]] = deque()  # (first sample, audio) while nobody speaks
+        self.samples_in = 0  # the microphone stream's 16 kHz sample clock
+        self.turn: HeardTurn | None = None
+        self._latest_frame: tuple[np.ndarray, float] | None = None  # (frame, time.monotonic())
+        self._lock = threading.Lock()
+
+    @property
+    def hearing(self) -> bool:
+        return self.turn is not None
+
+    def set_silence(self, seconds: float) -> None:
+        with self._lock:
+            self._detector.settings = TurnSettings(silence_seconds=seconds)
+
+    def hear(self, rate: int, samples: np.ndarray) -> list[tuple[TurnEvent, HeardTurn]]:
+        """A microphone chunk; returns the turn events it caused, each with its turn."""
+        with self._lock:
+            audio = self._resampler(rate, samples)
+            if not len(audio):
+                return []
+            first = self.samples_in
+            self.samples_in += len(audio)
+            if self.turn is not None:
+                self.turn.add(audio)
+            else:
+                self._recent.append((first, audio))
+                keep_from = first - PREROLL_KEEP_SECONDS * C.INPUT_SAMPLE_RATE
+                while self._recent and self._recent[0][0] + len(self._recent[0][1]) < keep_from:
+                    self._recent.popleft()
+            events = []
+            for event in self._detector.feed(audio):
+                if isinstance(event, SpeechStarted):
+                    self._begin_turn(event.turn_start)
+                elif isinstance(event, SpeechConfirmed) and self.turn is not None:
+                    self.turn.confirmed = True
+                elif isinstance(event, (TurnEnded, TurnDiscarded)) and self.turn is not None:
+                    turn, self.turn = self.turn, None  # a discarded one (a cough) is never given to the model
+                    events.append((event, turn))
+                    continue
+                if self.turn is not None:
+                    events.append((event, self.turn))
+            return events
+
+    def see(self, frame: np.ndarray) -> None:
+        """A webcam frame (RGB), timestamped on the microphone's clock within the turn being heard."""
+        frame = camera_frame(frame)
+        with self._lock:
+            self._latest_frame = (frame, time.monotonic())
+            if self.turn is not None:
+                seconds = max(0.0, (self.samples_in - self.turn.start) / C.INPUT_SAMPLE_RATE)
+                self.turn.frames.append((frame, seconds))
+
+    def take_unsent(self, turn: HeardTurn, min_samples: int = 0) -> tuple[np.ndarray, list] | None:
+        """What of `turn` the model has not been given (None while less than `min_samples` of audio is new).
+        Joins only the chunks not yet taken."""
+        with self._lock:
+            if turn.samples - turn.sent_samples < min_samples:
+                return None
+            new = turn.audio[turn.sent_chunks :]
+            audio = np.concatenate(new) if new else np.zeros(0, np.float32)
+            frames = turn.frames[turn.sent_frames :]
+            turn.sent_chunks, turn.sent_samples, turn.sent_frames = len(turn.audio), turn.samples, len(turn.frames)
+            return audio, frames
+
+    def forget_turn(self) -> None:
+        """Drops a turn in progress (typed message, cleared conversation); the clock goes on."""
+        with self._lock:
+            self.turn = None
+            self._detector.reset()
+
+    def close(self) -> None:
+        with self._lock:
+            self.turn, self._recent, self._latest_frame = None, deque(), None
+
+    def _begin_turn(self, start: int) -> None:
+        turn = HeardTurn(start)
+        for first, audio in self._recent:
+            if first + len(audio) > start:
+                turn.add(audio[max(0, start - first) :])
+        self._recent.clear()
+        if self._latest_frame is not None and time.monotonic() - self._latest_frame[1] < CAMERA_FRESH_SECONDS:
+            turn.frames.append((self._latest_frame[0], 0.0))  # what the camera shows as the user starts
+        self.turn = turn

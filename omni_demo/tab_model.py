@@ -1,0 +1,193 @@
+"""A tab's conversation on the model's side: the one owner of its `OmniSession`.
+
+Every public method is a job, a generator that the `ModelWorker` runs on its thread, step by step; the
+handlers only submit them (omni_demo/live.py), so the engine is only ever touched from the worker's
+thread. A job writes what the page shows through the tab's `TabView` (memory only, under its lock) and
+writes clips to disk outside any lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+
+from model import constants as C
+from model.engine.history import AnswerTurn, Record
+from model.session import OmniSession
+from omni_demo.view import Answer, TabView, heard_tokens
+
+log = logging.getLogger(__name__)
+
+
+class TabModel:
+    def __init__(self, loaded, view: TabView, directory: Path, system_prompt: str, turn_timeout_s: float,
+                 closed: Callable[[], bool]):
+        self.loaded = loaded
+        self.view = view
+        self.directory = directory
+        self.system_prompt = system_prompt
+        self.turn_timeout_s = turn_timeout_s
+        self.closed = closed
+        self._engine: OmniSession | None = None
+        # The live turn being heard, as it was handed over: given again after a failed prefill, so the model
+        # still hears the whole turn.
+        self._heard: list[tuple[np.ndarray, list]] = []
+        self._heard_lost = False
+        self._interrupt = threading.Event()
+
+    def interrupt(self) -> None:
+        """Stops the answer being decoded at its next step. The one call that is not a job: any thread may
+        make it, and it touches no engine (the engine only watches the event)."""
+        self._interrupt.set()
+
+    def _ready(self) -> OmniSession:
+        if self._engine is None:
+            self._engine = OmniSession(self.loaded, system_prompt=self.system_prompt, interrupt=self._interrupt)
+        return self._engine
+
+    @property
+    def history(self) -> list[Record]:
+        return self._engine.history if self._engine is not None else []
+
+    # ------------------------------------------------------------------ jobs
+
+    def feed(self, audio: np.ndarray, frames: list) -> Iterator[None]:
+        """More of the live turn being heard; its settled windows are prefilled."""
+        self._hear(audio, frames)
+        yield
+
+    def answer(self, answer: Answer, rest: tuple[np.ndarray, list] | None) -> Iterator[None]:
+        """Ends the user's turn (the rest of a voice turn, or typed parts) and streams the answer."""
+        engine = self._ready()
+        history_start = len(engine.history)
+        try:
+            if answer.turn is not None:
+                self._hear(*rest)
+                yield
+                self._heard = []
+                engine.end_user_turn()
+            else:
+                self._heard = []
+                engine.add_user_turn(*answer.parts)
+            self.view.open_answer(answer)
+            events = engine.respond(answer.settings)
+            try:
+                for event in events:
+                    self.view.show(answer, event, time.time() - answer.timing.turn_end_wall)
+                    if answer.stop_requested or self.closed() or self._overdue(answer):
+                        engine.interrupt()
+                    yield
+            finally:
+                events.close()  # leaves the engine consistent even if this job is closed early (a closed tab)
+        except Exception as error:  # noqa: BLE001 - the turn is lost; the conversation before it goes on
+            self.recover(error, answer, history_start)
+            return
+        self._close(answer)
+
+    def keep_heard(self, answer: Answer, heard_seconds: float) -> Iterator[None]:
+        """The user cut in while the answer was still playing: keep what they heard of it."""
+        self._keep_heard(answer, heard_seconds)
+        yield
+
+    def clear(self) -> Iterator[None]:
+        self._engine, self._heard = None, []  # a fresh conversation; the old caches are freed
+        for path in self.directory.iterdir():
+            path.unlink(missing_ok=True)
+        yield
+
+    def set_system_prompt(self, system_prompt: str) -> Iterator[None]:
+        self.system_prompt = system_prompt
+        if self._engine is not None:
+            self._engine.system_prompt = system_prompt
+            self._engine.restore(self._engine.history)
+        yield
+
+    def prefill_failed(self, error: BaseException) -> None:
+        """A live window could not be prefilled: the caches are rebuilt and the turn is given again."""
+        log.warning("prefill failed (%s); the turn will be given again", type(error).__name__)
+        self._rebuild(self._without_open_turn(self.history), error)
+        self._heard_lost = True
+
+    def recover(self, error: BaseException, answer: Answer | None = None, history_start: int | None = None) -> None:
+        """A job failed (an answer's: its turn is lost): the conversation before it and the session go on."""
+        log.error("model job failed", exc_info=error)
+        self._heard = []
+        self._rebuild(self._without_open_turn(self.history[:history_start]), error)
+        if isinstance(error, ValueError):  # the input was refused (too long for the model, ...)
+            message = str(error)
+        else:
+            message = f"The model failed on this turn ({type(error).__name__}). Your conversation is kept; try again."
+        if answer is not None:
+            with self.view:
+                answer.finished = True
+                answer.feed.stop()
+        self.view.say_error(message)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _hear(self, audio: np.ndarray, frames: list) -> None:
+        self._heard.append((audio, frames))
+        engine = self._ready()
+        given = self._heard if self._heard_lost else self._heard[-1:]  # rebuilt without this turn: all again
+        self._heard_lost = False
+        for more_audio, more_frames in given:
+            engine.feed(more_audio, more_frames)
+
+    @staticmethod
+    def _without_open_turn(history: list[Record]) -> list[Record]:
+        history = list(history)
+        while history and not isinstance(history[-1], AnswerTurn):
+            history.pop()  # a turn that has no answer is not kept
+        return history
+
+    def _rebuild(self, history: list[Record], error: BaseException) -> None:
+        if isinstance(error, torch.OutOfMemoryError) and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if self._engine is None:
+            return
+        try:
+            self._engine.restore(history)
+        except Exception:  # noqa: BLE001 - start afresh rather than stay broken
+            log.exception("could not rebuild the conversation; starting a new one")
+            self._engine = None
+
+    def _overdue(self, answer: Answer) -> bool:
+        if not answer.timed_out and time.time() - answer.timing.turn_end_wall > self.turn_timeout_s:
+            answer.timed_out = True
+        return answer.timed_out
+
+    def _close(self, answer: Answer) -> None:
+        """The answer is complete (or was cut off): its timings, its clip, and what of it was heard."""
+        speech = self.view.end_answer(answer, time.time() - answer.timing.turn_end_wall)
+        if speech is not None:
+            clip = self.directory / f"turn-{answer.timing.index}-answer.wav"
+            soundfile.write(clip, speech, C.OUTPUT_SAMPLE_RATE)
+            answer.clip = clip
+        if answer.heard_at_stop is not None:
+            self._keep_heard(answer, answer.heard_at_stop)
+        self.view.finish_answer(answer, self.turn_timeout_s)
+
+    def _keep_in_memory(self, keep: int) -> None:
+        if self._engine is not None:
+            self._engine.keep_answer(keep)
+
+    def _keep_heard(self, answer: Answer, heard_seconds: float) -> None:
+        """Cuts the answer, in the model's memory, in the chat and in its clip, to what the user heard."""
+        keep = heard_tokens(answer, heard_seconds)
+        self._keep_in_memory(keep)
+        kept = self.loaded.processor.tokenizer.decode(answer.tokens[:keep], skip_special_tokens=True)
+        self.view.cut_to_heard(answer, kept, heard_seconds)
+        cut_clip(answer.clip, heard_seconds)
+
+
+def cut_clip(clip: Path | None, seconds: float) -> None:
+    if clip is not None and clip.exists():
+        audio, rate = soundfile.read(clip, dtype="float32")
+        soundfile.write(clip, audio[: int(seconds * rate)], rate)

@@ -1,0 +1,162 @@
+"""What the page shows for one tab, and each answer's state as the page and the model share it.
+
+The handler threads (a typed message, Stop, the microphone ending a turn) and the model worker (an answer's
+text and speech) all update a `TabView`; its lock is held for memory updates only, never across disk,
+network or model work, so the worker never waits on a handler's I/O. `follow` reads a `View` snapshot each
+time the version changes.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from model import constants as C
+from model.conversation import Part
+from model.engine.events import AnswerDone, AnswerSettings, AudioChunk, ContextTrimmed, TextDelta
+from omni_demo.listener import HeardTurn
+from omni_demo.playback import PlaybackClock, PlayerFeed, samples_seconds
+from omni_demo.timings import TurnTiming
+
+# When an answer is cut off before its speech was complete, how much of its text was heard is estimated
+# from the time heard at a typical speaking rate (English speech runs at about 2.5 words, 3 tokens, a second).
+SPOKEN_TOKENS_PER_SECOND = 3.0
+
+
+@dataclass
+class Answer:
+    """One answer: how it is played, whether it was cut off, and what it said."""
+
+    timing: TurnTiming
+    settings: AnswerSettings
+    feed: PlayerFeed
+    clock: PlaybackClock = field(default_factory=PlaybackClock)
+    message: dict | None = None  # its text in the chat
+    finished: bool = False
+    stop_requested: bool = False
+    heard_at_stop: float | None = None  # seconds of speech heard when the user cut in
+    timed_out: bool = False
+    text: str = ""
+    tokens: list[int] = field(default_factory=list)  # every token chosen, as they streamed
+    chunks: list[np.ndarray] = field(default_factory=list)
+    done: AnswerDone | None = None
+    speech_complete: bool = False  # the talker finished: all of the answer exists as audio
+    clip: Path | None = None
+    turn: HeardTurn | None = None  # what it answers: a voice turn, or typed/uploaded parts
+    parts: list[Part] | None = None
+
+    @property
+    def text_only(self) -> bool:
+        return self.settings.text_only
+
+
+def heard_tokens(answer: Answer, heard_seconds: float) -> int:
+    """How many of the answer's tokens the user heard before cutting in."""
+    if answer.text_only:
+        return len(answer.tokens)
+    audio_seconds = answer.timing.audio_seconds
+    if answer.speech_complete and audio_seconds > 0:
+        return math.ceil(len(answer.tokens) * min(1.0, heard_seconds / audio_seconds))
+    return min(len(answer.tokens), math.ceil(heard_seconds * SPOKEN_TOKENS_PER_SECOND))
+
+
+@dataclass
+class View:
+    """A snapshot of what the page shows for this tab."""
+
+    chat: list[dict]
+    player: str
+    status: str
+    timings: list[TurnTiming]
+
+
+class TabView:
+    def __init__(self):
+        self.lock = threading.RLock()  # `with view.lock:` reads; `with view:` changes
+        self._changed = threading.Condition(self.lock)
+        self.version = 0
+        self.chat: list[dict] = []
+        self.timings: list[TurnTiming] = []
+        self.answer: Answer | None = None  # the answer in flight, or the last one
+
+    def __enter__(self) -> TabView:
+        """`with view:` makes changes; the page is told once they are made."""
+        self.lock.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.version += 1
+        self._changed.notify_all()
+        self.lock.release()
+
+    def wait(self, seen: int, timeout: float, closed) -> int:
+        """Waits until the version is not `seen` (or `closed()`); returns the version."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.version != seen or closed(), timeout=timeout)
+            return self.version
+
+    def snapshot(self, status: str) -> View:
+        with self.lock:
+            feed = self.answer.feed.value() if self.answer else ""
+            return View([dict(m) for m in self.chat], feed, status, list(self.timings))
+
+    def say_error(self, message: str) -> None:
+        with self:
+            self.chat.append({"role": "assistant", "content": message, "metadata": {"title": "⚠️ Could not answer"}})
+
+    def open_answer(self, answer: Answer) -> None:
+        with self:
+            answer.message = {"role": "assistant", "content": ""}
+            self.chat.append(answer.message)
+
+    def show(self, answer: Answer, event, elapsed: float) -> None:
+        """One event of the answer; `elapsed` is the seconds since the user's turn ended."""
+        timing = answer.timing
+        with self:
+            if isinstance(event, TextDelta):
+                answer.text += event.text
+                answer.tokens.append(event.token)
+                answer.message["content"] = answer.text
+                timing.first_text = timing.first_text if timing.first_text is not None else elapsed
+            elif isinstance(event, AudioChunk):
+                answer.feed.add(event.samples)
+                answer.clock.add(samples_seconds(event.samples))
+                answer.chunks.append(event.samples)
+                timing.first_audio = timing.first_audio if timing.first_audio is not None else elapsed
+            elif isinstance(event, ContextTrimmed):
+                notice = {"role": "assistant", "content": event.message, "metadata": {"title": "ℹ️ Earlier turns dropped"}}
+                self.chat.insert(self.chat.index(answer.message), notice)
+            elif isinstance(event, AnswerDone):
+                answer.done = event
+                answer.tokens = list(event.tokens)
+
+    def end_answer(self, answer: Answer, total: float) -> np.ndarray | None:
+        """The answer's decoding has ended: its timings; returns its speech, for its clip."""
+        timing, done = answer.timing, answer.done
+        with self:
+            timing.total = total
+            timing.audio_seconds = sum(len(c) for c in answer.chunks) / C.OUTPUT_SAMPLE_RATE
+            timing.interrupted = (done is not None and done.interrupted) or answer.stop_requested
+            self.timings.append(timing)
+            answer.feed.end()
+            answer.speech_complete = done is not None and not done.interrupted and not answer.text_only
+            return np.concatenate(answer.chunks) if answer.chunks else None
+
+    def cut_to_heard(self, answer: Answer, kept_text: str, heard_seconds: float) -> None:
+        with self:
+            answer.message["content"] = kept_text.rstrip() + " …"
+            answer.message["metadata"] = {"title": f"✋ Interrupted after {heard_seconds:.1f} s"}
+
+    def finish_answer(self, answer: Answer, timeout_s: float) -> None:
+        with self:
+            if answer.clip is not None and any(m is answer.message for m in self.chat):  # not cleared since
+                self.chat.append({"role": "assistant", "content": {"path": str(answer.clip)}})
+            if answer.timed_out:
+                self.chat.append({"role": "assistant", "metadata": {"title": "⏱️ Stopped"},
+                                  "content": f"This answer ran past the {timeout_s:.0f} s limit for one turn and "
+                                             "was stopped; what it said so far is kept."})
+            answer.finished = True
