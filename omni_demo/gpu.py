@@ -15,6 +15,7 @@ in `follow`.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -95,16 +96,20 @@ def run_turn(request: TurnRequest) -> Iterator:
 
 class ZeroGpuModel(TabModel):
     """A tab's conversation on ZeroGPU: its history, and one GPU call per turn, made from `follow`'s thread
-    (ZeroGPU finds the user's request there). Nothing of the model lives here between turns."""
+    (ZeroGPU finds the user's request there). Nothing of the model lives here between turns. The history is
+    read and written by that thread and by the worker's jobs (keep what was heard, clear), each under the
+    history's own lock, for memory updates only."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.records: list[Record] = []
+        self._records: list[Record] = []
         self._conversation = 0  # bumped by `clear`: a call still running then belongs to the old one
+        self._lock = threading.Lock()
 
     @property
     def history(self) -> list[Record]:
-        return list(self.records)
+        with self._lock:
+            return list(self._records)
 
     def feed(self, audio, frames) -> Iterator[None]:
         raise RuntimeError("on ZeroGPU a turn is given whole, in its GPU call")
@@ -113,13 +118,15 @@ class ZeroGpuModel(TabModel):
         """The turn's GPU call, one step per event. A call cut short (barge-in, a closed tab) never hands its
         history back: the history is then what the call said after the prefill, and the answer's ids as they
         streamed, exactly the ids the model chose."""
-        turn, conversation = answer.turn, self._conversation
-        request = TurnRequest(list(self.records), self.system_prompt, answer.settings,
+        turn = answer.turn
+        with self._lock:
+            history, conversation = list(self._records), self._conversation
+        request = TurnRequest(history, self.system_prompt, answer.settings,
                               turn.whole_audio() if turn is not None else None,
                               list(turn.frames) if turn is not None else [], answer.parts)
         self.view.open_answer(answer)
         yield
-        history = None
+        history = None  # as the call hands it out
         calls = run_turn(request)
         try:
             for item in calls:
@@ -131,18 +138,20 @@ class ZeroGpuModel(TabModel):
                 if answer.stop_requested or self.closed() or self._overdue(answer):
                     break  # closing the call cancels it on the GPU
         except Exception as error:  # noqa: BLE001 - the session goes on without this turn
-            self.recover(error, answer, len(self.records))
+            self.recover(error, answer)
             return
         finally:
             calls.close()
         if answer.done is None and history is not None:  # cut off
             history = [*history, AnswerTurn(list(answer.tokens))]
-        if history is not None and conversation == self._conversation:
-            self.records = history
+        with self._lock:
+            if history is not None and conversation == self._conversation:
+                self._records = history
         self._close(answer)
 
     def clear(self) -> Iterator[None]:
-        self.records, self._conversation = [], self._conversation + 1
+        with self._lock:
+            self._records, self._conversation = [], self._conversation + 1
         yield from super().clear()
 
     def set_system_prompt(self, system_prompt: str) -> Iterator[None]:
@@ -153,5 +162,6 @@ class ZeroGpuModel(TabModel):
         raise RuntimeError("on ZeroGPU nothing is prefilled between calls")
 
     def _keep_in_memory(self, keep: int) -> None:
-        if self.records and isinstance(self.records[-1], AnswerTurn):
-            self.records[-1] = AnswerTurn(self.records[-1].tokens[:keep])
+        with self._lock:
+            if self._records and isinstance(self._records[-1], AnswerTurn):
+                self._records[-1] = AnswerTurn(self._records[-1].tokens[:keep])
