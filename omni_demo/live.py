@@ -268,10 +268,10 @@ class LiveSession:
         self._start_answer(TurnTiming(index, "voice", now, speech_end_wall=speech_end), turn=turn)
 
     def _start_answer(self, timing: TurnTiming, turn: HeardTurn | None = None, parts: list[Part] | None = None) -> None:
-        self._answers += 1
-        answer = Answer(timing, self.settings.answer_settings(), PlayerFeed(self._answers), turn=turn, parts=parts)
         rest = self.listener.take_unsent(turn) if turn is not None else None
         with self.view:
+            self._answers += 1
+            answer = Answer(timing, self.settings.answer_settings(), PlayerFeed(self._answers), turn=turn, parts=parts)
             self.view.answer = answer
             if not self.zero_gpu:  # on ZeroGPU, `follow` runs it in a GPU call
                 self.worker.submit(self.key, self.model.answer(answer, rest))
