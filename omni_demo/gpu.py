@@ -114,6 +114,9 @@ class ZeroGpuModel(TabModel):
     def feed(self, audio, frames) -> Iterator[None]:
         raise RuntimeError("on ZeroGPU a turn is given whole, in its GPU call")
 
+    def continue_turn(self, before) -> Iterator[None]:
+        yield  # the retracted call's history was never kept: the continued turn is given whole
+
     def answer(self, answer: Answer, rest=None) -> Iterator[None]:
         """The turn's GPU call, one step per event. A call cut short (barge-in, a closed tab) never hands its
         history back: the history is then what the call said after the prefill, and the answer's ids as they
@@ -145,7 +148,7 @@ class ZeroGpuModel(TabModel):
         if answer.done is None and history is not None:  # cut off
             history = [*history, AnswerTurn(list(answer.tokens))]
         with self._lock:
-            if history is not None and conversation == self._conversation:
+            if history is not None and conversation == self._conversation and not answer.retracted:
                 self._records = history
         self._close(answer)
 

@@ -26,8 +26,10 @@ from model import constants as C
 from omni_demo.capture import MicResampler, camera_frame
 from omni_demo.turns import SpeechConfirmed, SpeechStarted, TurnDetector, TurnDiscarded, TurnEnded, TurnEvent, TurnSettings
 
-PREROLL_KEEP_SECONDS = 1.0  # microphone audio kept while nobody speaks, for the turn's pre-roll
 CAMERA_FRESH_SECONDS = 1.0  # a frame this recent shows what the camera sees as the user starts
+# Microphone audio and camera frames kept from the last seconds, whatever is heard: a turn's pre-roll, and
+# the pause of a turn that is continued (up to the longest grace the page offers, plus that pre-roll).
+RECENT_SECONDS = 5.0
 
 
 @dataclass
@@ -39,6 +41,7 @@ class HeardTurn:
     samples: int = 0
     frames: list[tuple[np.ndarray, float]] = field(default_factory=list)  # (RGB frame, seconds into the turn)
     confirmed: bool = False
+    entries: list[dict] = field(default_factory=list)  # its messages in the chat, once it has ended
     sent_chunks: int = 0  # chunks and frames already taken for the model
     sent_samples: int = 0
     sent_frames: int = 0
@@ -54,12 +57,18 @@ class HeardTurn:
     def seconds(self) -> float:
         return self.samples / C.INPUT_SAMPLE_RATE
 
+    @property
+    def end(self) -> int:
+        """Stream sample where its audio ends."""
+        return self.start + self.samples
+
 
 class Listener:
     def __init__(self, vad=None, settings: TurnSettings = TurnSettings()):
         self._resampler = MicResampler()
         self._detector = TurnDetector(vad, settings)
-        self._recent: deque[tuple[int, np.ndarray]] = deque()  # (first sample, audio) while nobody speaks
+        self._recent: deque[tuple[int, np.ndarray]] = deque()  # (first sample, audio), the last RECENT_SECONDS
+        self._recent_frames: deque[tuple[np.ndarray, int]] = deque()  # (frame, sample clock when it came)
         self.samples_in = 0  # the microphone stream's 16 kHz sample clock
         self.turn: HeardTurn | None = None
         self._latest_frame: tuple[np.ndarray, float] | None = None  # (frame, time.monotonic())
@@ -83,11 +92,12 @@ class Listener:
             self.samples_in += len(audio)
             if self.turn is not None:
                 self.turn.add(audio)
-            else:
-                self._recent.append((first, audio))
-                keep_from = first - PREROLL_KEEP_SECONDS * C.INPUT_SAMPLE_RATE
-                while self._recent and self._recent[0][0] + len(self._recent[0][1]) < keep_from:
-                    self._recent.popleft()
+            self._recent.append((first, audio))
+            keep_from = self.samples_in - RECENT_SECONDS * C.INPUT_SAMPLE_RATE
+            while self._recent and self._recent[0][0] + len(self._recent[0][1]) < keep_from:
+                self._recent.popleft()
+            while self._recent_frames and self._recent_frames[0][1] < keep_from:
+                self._recent_frames.popleft()
             events = []
             for event in self._detector.feed(audio):
                 if isinstance(event, SpeechStarted):
@@ -107,6 +117,7 @@ class Listener:
         frame = camera_frame(frame)
         with self._lock:
             self._latest_frame = (frame, time.monotonic())
+            self._recent_frames.append((frame, self.samples_in))
             if self.turn is not None:
                 seconds = max(0.0, (self.samples_in - self.turn.start) / C.INPUT_SAMPLE_RATE)
                 self.turn.frames.append((frame, seconds))
@@ -123,6 +134,22 @@ class Listener:
             turn.sent_chunks, turn.sent_samples, turn.sent_frames = len(turn.audio), turn.samples, len(turn.frames)
             return audio, frames
 
+    def continue_turn(self, previous: HeardTurn) -> bool:
+        """The turn being heard goes on `previous`, which had ended: `previous` becomes the turn being heard,
+        with everything heard and seen since its end (the pause too). False if that is no longer kept."""
+        with self._lock:
+            ended = previous.end
+            if self.turn is None or not self._recent or self._recent[0][0] > ended:
+                return False
+            for first, audio in self._recent:
+                if first + len(audio) > ended:
+                    previous.add(audio[max(0, ended - first) :])
+            for frame, sample in self._recent_frames:
+                if sample >= ended:
+                    previous.frames.append((frame, (sample - previous.start) / C.INPUT_SAMPLE_RATE))
+            previous.confirmed, self.turn = True, previous
+            return True
+
     def forget_turn(self) -> None:
         """Drops a turn in progress (typed message, cleared conversation); the clock goes on."""
         with self._lock:
@@ -131,14 +158,13 @@ class Listener:
 
     def close(self) -> None:
         with self._lock:
-            self.turn, self._recent, self._latest_frame = None, deque(), None
+            self.turn, self._recent, self._recent_frames, self._latest_frame = None, deque(), deque(), None
 
     def _begin_turn(self, start: int) -> None:
         turn = HeardTurn(start)
         for first, audio in self._recent:
             if first + len(audio) > start:
                 turn.add(audio[max(0, start - first) :])
-        self._recent.clear()
         if self._latest_frame is not None and time.monotonic() - self._latest_frame[1] < CAMERA_FRESH_SECONDS:
             turn.frames.append((self._latest_frame[0], 0.0))  # what the camera shows as the user starts
         self.turn = turn

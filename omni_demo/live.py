@@ -8,8 +8,10 @@
     TabView (view.py)              what the page shows; everyone updates it under its lock, memory only
     follow (the page's one writer) yields a View each time the version changes
 
-Speech that starts while the assistant answers or is still playing cuts in (barge-in): generation and
-playback stop, the answer is kept as far as it was heard, and the new speech is the next turn.
+Speech that resumes soon after a voice turn ended, before any of its answer was heard, continues that turn
+(the answer is retracted, the engine takes the turn's end back). Speech once the answer has begun to play
+cuts in (barge-in): generation and playback stop, the answer is kept as far as it was heard, and the new
+speech is the next turn.
 
 On ZeroGPU the model runs only inside one GPU call per turn, which `follow` makes (omni_demo/gpu.py);
 there a `ZeroGpuModel` keeps the conversation as its history instead of caches.
@@ -64,6 +66,9 @@ class ChatSettings:
     temperature: float = 0.0  # 0: greedy, the checkpoint's default
     max_new_tokens: int = 256
     silence_seconds: float = TurnSettings.silence_seconds
+    # Speech that resumes this long after the turn ended, before any of the answer was heard, continues the
+    # turn: a pause inside a question does not split it.
+    continue_seconds: float = 1.5
     seed: int | None = None  # fixes the sampling and the vocoder's noise: the same question, the same speech
 
     def answer_settings(self) -> AnswerSettings:
@@ -146,7 +151,7 @@ class LiveSession:
                 return False
             ended = False
             for event, turn in self.listener.hear(rate, samples):
-                if isinstance(event, SpeechConfirmed):
+                if isinstance(event, SpeechConfirmed) and not self._continue(turn):
                     self._cut_in()
                 elif isinstance(event, TurnEnded):
                     self._end_turn(event, turn)
@@ -264,6 +269,7 @@ class LiveSession:
         entries.append({"role": "user", "content": label})
         with self.view:
             self.view.chat.extend(entries)
+            turn.entries = entries
         speech_end = now - (self.listener.samples_in - event.speech_end) / C.INPUT_SAMPLE_RATE
         self._start_answer(TurnTiming(index, "voice", now, speech_end_wall=speech_end), turn=turn)
 
@@ -275,6 +281,25 @@ class LiveSession:
             self.view.answer = answer
             if not self.zero_gpu:  # on ZeroGPU, `follow` runs it in a GPU call
                 self.worker.submit(self.key, self.model.answer(answer, rest))
+
+    def _continue(self, turn: HeardTurn) -> bool:
+        """Speech confirmed soon after the last voice turn ended, none of its answer heard yet: the same turn
+        goes on (its answer is retracted) rather than a new one cutting in."""
+        with self.view.lock:
+            answer = self.view.answer
+            if answer is None or answer.turn is None or answer.retracted or answer.heard_at_stop is not None:
+                return False
+            paused = (turn.start - answer.turn.end) / C.INPUT_SAMPLE_RATE
+            if paused > self.settings.continue_seconds or answer.clock.heard() > 0:
+                return False
+            previous = answer.turn
+            before = (previous.whole_audio(), list(previous.frames))
+            if not self.listener.continue_turn(previous):
+                return False
+            self.view.retract(answer)
+        self.model.interrupt()
+        self.worker.submit(self.key, self.model.continue_turn(before), self.model.recover)
+        return True
 
     def _cut_in(self) -> None:
         """Stops the answer in flight or still playing; what the user heard of it is kept."""

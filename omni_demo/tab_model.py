@@ -73,6 +73,9 @@ class TabModel:
                 yield
                 self._heard = []
                 engine.end_user_turn()
+                if answer.retracted:  # the user is still speaking: no answer yet
+                    self._close(answer)
+                    return
             else:
                 self._heard = []
                 engine.add_user_turn(*answer.parts)
@@ -90,6 +93,17 @@ class TabModel:
             self.recover(error, answer, history_start)
             return
         self._close(answer)
+
+    def continue_turn(self, before: tuple[np.ndarray, list]) -> Iterator[None]:
+        """The user went on with the turn that had ended (its answer retracted): the engine takes the answer
+        and the turn's closing back, and the turn goes on. `before` is the turn as it was at its end, given
+        again if the engine never closed it (its answer's job failed)."""
+        try:
+            self._ready().continue_user_turn()
+            self._heard = [before]
+        except RuntimeError:
+            self._heard, self._heard_lost = [before], True
+        yield
 
     def keep_heard(self, answer: Answer, heard_seconds: float) -> Iterator[None]:
         """The user cut in while the answer was still playing: keep what they heard of it."""
@@ -170,7 +184,7 @@ class TabModel:
             clip = self.directory / f"turn-{answer.timing.index}-answer.wav"
             soundfile.write(clip, speech, C.OUTPUT_SAMPLE_RATE)
             answer.clip = clip
-        if answer.heard_at_stop is not None:
+        if answer.heard_at_stop is not None and not answer.retracted:
             self._keep_heard(answer, answer.heard_at_stop)
         self.view.finish_answer(answer, self.turn_timeout_s)
 

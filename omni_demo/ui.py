@@ -161,6 +161,8 @@ def build_app(loaded, max_active: int = 2, zero_gpu: bool | None = None, default
             max_new_tokens = gr.Slider(4, 1024, value=defaults.max_new_tokens, step=4, label="Maximum answer length (tokens)")
             temperature = gr.Slider(0.0, 1.5, value=defaults.temperature, step=0.05, label="Temperature (0 = greedy)")
             silence = gr.Slider(0.3, 1.5, value=defaults.silence_seconds, step=0.05, label="Silence that ends your turn (s)")
+            resume = gr.Slider(0.0, 3.0, value=defaults.continue_seconds, step=0.1,
+                               label="Speak again within this long, before the answer plays, and your turn goes on (s)")
             seed = gr.Number(value=None, precision=0, label="Seed (empty: random; set: the same question gets the same speech)")
         trigger = gr.Number(value=0, visible=False)
 
@@ -175,7 +177,8 @@ def build_app(loaded, max_active: int = 2, zero_gpu: bool | None = None, default
         clear.click(on_clear, None, [trigger], concurrency_limit=None, api_name="clear")
         for component, name, kind in ((voice, "voice", str), (text_only, "text_only", bool),
                                       (max_new_tokens, "max_new_tokens", int), (temperature, "temperature", float),
-                                      (silence, "silence_seconds", float), (seed, "seed", optional_int)):
+                                      (silence, "silence_seconds", float), (resume, "continue_seconds", float),
+                                      (seed, "seed", optional_int)):
             component.change(setter(name, kind), [component], None, concurrency_limit=None, api_visibility="private")
         system_prompt.change(on_system_prompt, [system_prompt], [prompt_warning], concurrency_limit=None,
                              api_visibility="private")

@@ -38,6 +38,7 @@ class Answer:
     message: dict | None = None  # its text in the chat
     finished: bool = False
     stop_requested: bool = False
+    retracted: bool = False  # the user went on with their turn before hearing any of it: it leaves no trace
     heard_at_stop: float | None = None  # seconds of speech heard when the user cut in
     timed_out: bool = False
     text: str = ""
@@ -111,12 +112,24 @@ class TabView:
     def open_answer(self, answer: Answer) -> None:
         with self:
             answer.message = {"role": "assistant", "content": ""}
-            self.chat.append(answer.message)
+            if not answer.retracted:
+                self.chat.append(answer.message)
+
+    def retract(self, answer: Answer) -> None:
+        """The user went on speaking: the answer and their turn's messages leave the chat (the turn's come
+        back, whole, when it ends)."""
+        with self:
+            answer.retracted = answer.stop_requested = True
+            answer.feed.stop()
+            gone = [answer.message, *(answer.turn.entries if answer.turn is not None else [])]
+            self.chat = [m for m in self.chat if not any(m is g for g in gone)]
 
     def show(self, answer: Answer, event, elapsed: float) -> None:
         """One event of the answer; `elapsed` is the seconds since the user's turn ended."""
         timing = answer.timing
         with self:
+            if answer.retracted:
+                return
             if isinstance(event, TextDelta):
                 answer.text += event.text
                 answer.tokens.append(event.token)
@@ -138,6 +151,8 @@ class TabView:
         """The answer's decoding has ended: its timings; returns its speech, for its clip."""
         timing, done = answer.timing, answer.done
         with self:
+            if answer.retracted:
+                return None
             timing.total = total
             timing.audio_seconds = sum(len(c) for c in answer.chunks) / C.OUTPUT_SAMPLE_RATE
             timing.interrupted = (done is not None and done.interrupted) or answer.stop_requested
@@ -153,6 +168,9 @@ class TabView:
 
     def finish_answer(self, answer: Answer, timeout_s: float) -> None:
         with self:
+            if answer.retracted:
+                answer.finished = True
+                return
             if answer.clip is not None and any(m is answer.message for m in self.chat):  # not cleared since
                 self.chat.append({"role": "assistant", "content": {"path": str(answer.clip)}})
             if answer.timed_out:

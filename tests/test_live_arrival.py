@@ -285,3 +285,37 @@ def test_restore_rebuilds_the_live_cache(loaded, speech, data):
     rebuilt.restore(pickle.loads(pickle.dumps(live.history)))
     assert_same(snapshot(rebuilt), snapshot(live))
     assert answer(rebuilt) == answer(live)
+
+
+@settings(EXAMPLES, max_examples=8)
+@given(data=st.data())
+def test_a_turn_continued_after_a_pause_is_the_turn_spoken_without_it(loaded, canonical, speech, data):
+    """Speech resumes after the turn had ended (and its answer had maybe begun): the answer and the turn's
+    closing are taken back and the same turn goes on; the caches end as if the turn had never been split."""
+    content = data.draw(contents(speech, camera=data.draw(st.booleans())))
+    split = data.draw(st.integers(int(0.3 * RATE), len(content.audio) - 1))  # a turn holds 0.3 s of voice
+    answered = data.draw(st.sampled_from(["no answer", "an answer", "a spoken answer cut short"]))
+    prefix = data.draw(st.booleans())
+    session = new_session(loaded, prefix)
+    before = [(i, t) for i, t in content.frames if t * RATE < split]
+    session.feed(content.audio[:split], [(picture(i), t) for i, t in before])
+    session.end_user_turn()
+    if answered == "an answer":
+        answer(session)
+    elif answered == "a spoken answer cut short":
+        events = session.respond(AnswerSettings(max_new_tokens=30))
+        for event in events:
+            if type(event).__name__ == "AudioChunk" or len(session.talker.codes) >= 4:
+                break
+        events.close()
+    session.continue_user_turn()
+    for i, t in content.frames[len(before) :]:
+        session.feed_frame(picture(i), t)
+    session.feed_audio(content.audio[split:])
+    session.end_user_turn()
+    expected, expected_answer = canonical(content, prefix)
+    assert_same(snapshot(session), expected)
+    if session.talker is not None:
+        assert session.talker.length == session.talker.prompt_length
+        assert session.talker.prompt_length == len(torch.cat(session.thinker.talker_states, dim=1)[0])
+    assert answer(session) == expected_answer

@@ -493,3 +493,61 @@ def test_a_failed_prefill_keeps_the_turn_whole_and_the_last_answer_playing(loade
     session = engine(live)
     assert kinds(session.history) == ["live", "answer"]
     assert session.thinker.ids.count(C.AUDIO_TOKEN_ID) == expected_audio_tokens(live.answer.turn.whole_audio())
+
+
+@pytest.mark.parametrize("spoken", [False, True])
+def test_a_pause_inside_a_question_keeps_it_one_turn(loaded, worker, spoken):
+    """Speech that resumes soon after the turn ended, before any of the answer was heard, continues the
+    turn: the started answer leaves no trace, the turn stays one, and the model holds the whole speech,
+    pause included, as if it had never been split."""
+    from model.session import OmniSession
+    from omni_demo.capture import MicResampler
+
+    live = new_session(loaded, worker, text_only=not spoken)
+    first = np.concatenate([silence(0.3), speech_48k(), silence(0.7)])
+    assert speak(live, first) == 1  # the pause ended the turn: an answer starts
+    retracted = live.answer
+    if not spoken:  # let the answer get going: its text is on the page when the user goes on
+        deadline = time.monotonic() + 60
+        while not retracted.text and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert retracted.text
+    second = np.concatenate([silence(0.2), speech_48k(), silence(1.0)])
+    assert speak(live, second) == 1
+    finish(live, worker)
+    assert retracted.retracted and live.answer is not retracted
+    assert len(live.timings) == 1 and not live.timings[0].interrupted
+    assert not any(m.get("metadata", {}).get("title", "").startswith("✋") for m in live.chat)
+    assert [m["role"] for m in live.chat if isinstance(m["content"], str)] == ["user", "assistant"]
+    assert len(files(live, "user")) == 1  # one clip: the whole turn
+    session = engine(live)
+    assert kinds(session.history) == ["live", "answer"]
+    record = session.history[0]
+    # The turn's sound is the microphone's, contiguous from its start, the pause included.
+    stream = MicResampler()(48_000, np.concatenate([first, second]))
+    turn = live.answer.turn
+    np.testing.assert_array_equal(record.audio, stream[turn.start : turn.start + len(record.audio)])
+    assert len(record.audio) > len(speech_48k()) * 2 / 3  # both sentences (48 kHz -> 16 kHz)
+    # Token for token what the same speech given as one turn builds.
+    whole = OmniSession(loaded)
+    whole.feed(record.audio)
+    whole.end_user_turn()
+    prompt = session.thinker.ids[: len(whole.thinker.ids)]
+    assert prompt == whole.thinker.ids
+
+
+def test_speech_after_the_answer_began_playing_cuts_in_even_within_the_grace(loaded, worker):
+    live = new_session(loaded, worker, continue_seconds=3.0)
+    live.update(max_new_tokens=400)
+    assert speak(live, np.concatenate([silence(0.3), speech_48k(), silence(0.7)])) == 1
+    first = live.answer
+    deadline = time.monotonic() + 120
+    while first.clock.heard() == 0 and time.monotonic() < deadline:  # until some of it has been heard
+        time.sleep(0.02)
+    assert first.clock.heard() > 0
+    live.update(max_new_tokens=8)
+    assert speak(live, np.concatenate([speech_48k(), silence(1.0)])) == 1
+    finish(live, worker)
+    assert not first.retracted and first.heard_at_stop is not None
+    assert kinds(engine(live).history) == ["live", "answer", "live", "answer"]
+    assert [t.interrupted for t in live.timings] == [True, False]

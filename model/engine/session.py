@@ -61,6 +61,7 @@ class _OpenLiveTurn:
     offset: int  # rope id of the turn's first token
     first: bool  # the conversation's first turn (its head carries the system prompt)
     windows: list[_PrefilledWindow] = field(default_factory=list)
+    closing: _Checkpoint | None = None  # the caches before its closing tokens, once it has ended
 
 
 class OmniSession:
@@ -100,6 +101,7 @@ class OmniSession:
         self._closing: list[int] = []  # the last answer's unfed tail (its last token, if not <|im_end|>)
         self._records: list[Record] = []
         self._live: _OpenLiveTurn | None = None
+        self._ended_live: _OpenLiveTurn | None = None  # the last live turn, while it may still be continued
         self._input_ended: float | None = None  # when the user's turn ended: the timings' zero
 
     @property
@@ -133,6 +135,7 @@ class OmniSession:
         if self._live is not None:
             self._rewind(self._live.start)
             self._live = None
+        self._ended_live = None
         self._close_last_answer()
         start = self.thinker.next_position
         text = self.template.turn_text(list(parts), first=not self._records)
@@ -203,14 +206,32 @@ class OmniSession:
             self._prefill_window(timeline.plan(index, final=True))
         last = live.windows[-1]
         tail = self._tokens(self.template.live_tail(live.first, last.plan.camera, last.plan.sound))
+        live.closing = self._checkpoint()
         self._logits = self.thinker.prefill(self.encoder.live_closing(tail, last.prompt, live.offset))
-        self._live = None
+        self._live, self._ended_live = None, live
         record = LiveTurn(timeline.audio()[: timeline.kept_samples()], timeline.slot_frames())
         record.span = self.thinker.next_position - live.offset
         self._records.append(record)
         self._feed_talker_prompt()
 
+    def continue_user_turn(self) -> None:
+        """The user speaks on after their live turn had ended (a pause inside a question), before any of its
+        answer was heard: the answer, if one was started, and the turn's closing are taken back, and the same
+        live turn goes on (`feed_audio`, `feed_frame`, then `end_user_turn` again). The caches then hold what
+        they would have held had the turn never ended: windows still settled stay, the rest is redone."""
+        live = self._ended_live
+        if live is None:
+            raise RuntimeError("continue_user_turn must follow the end of a live turn, or its answer")
+        if isinstance(self._records[-1], AnswerTurn):
+            self._records.pop()
+        self._records.pop()  # the live turn: it is recorded again when it ends
+        self._rewind(live.closing)
+        self._closing, self._logits = [], None
+        self._live, self._ended_live = live, None
+        self._roll_back_changed(final=False)  # its last window was encoded as the last: it is open again
+
     def _open_live(self) -> _OpenLiveTurn:
+        self._ended_live = None
         if self._live is None:
             if not self._restoring and self.thinker.next_position + self.max_positions // 4 > self.max_positions:
                 self._trim(keep_last=0)  # make room before the user's speech goes in
@@ -327,6 +348,7 @@ class OmniSession:
         if not self._records or not isinstance(self._records[-1], AnswerTurn) or self._live is not None:
             raise RuntimeError("keep_answer must follow an answer")
         last = self._records[-1]
+        self._ended_live = None  # the user heard some of it: the turn is over
         if count >= len(last.tokens):
             return
         kept = last.tokens[: max(0, count)]
