@@ -47,9 +47,8 @@ def main(argv=None) -> int:
         return 2
     logging.info("loaded %s", loaded.describe())
     app = build_app(loaded, max_active=args.max_active)
-    # Handlers only buffer and return; the model runs on the app's own worker, so Gradio's queue need not
-    # serialise anything. Each open tab holds a few threads (its streams and its answer).
-    app.demo.queue(default_concurrency_limit=None).launch(
+    # Each open tab holds a few threads (its streams and its answer).
+    app.demo.launch(
         server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD_BYTES, max_threads=80
     )
     return 0

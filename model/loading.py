@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,10 +165,35 @@ def pick_attention(device: torch.device) -> str:
     return "sdpa"
 
 
+class ThinkerIdsInTheTalkerConfig(logging.Filter):
+    """Drops transformers' warning that a talker config's token id lies outside the talker's vocabulary, for
+    the seven ids the released config keeps there: they are the thinker's (its vision, audio and TTS text
+    markers, all above 151000), which the talker's codec vocabulary (8448) never embeds; the engine reads
+    them as thinker ids. Every other warning passes."""
+
+    NAMES = ("tts_text_start_token_id", "tts_text_end_token_id", "tts_text_pad_token_id", "vision_start_token_id",
+             "vision_end_token_id", "audio_start_token_id", "audio_end_token_id")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (
+            message.startswith("Model config: ")
+            and "must be `None` or an integer within the vocabulary" in message
+            and message.split()[2] in self.NAMES
+        )
+
+
+def quiet_known_config_warnings() -> None:
+    config_logger = logging.getLogger("transformers.configuration_utils")
+    if not any(isinstance(f, ThinkerIdsInTheTalkerConfig) for f in config_logger.filters):
+        config_logger.addFilter(ThinkerIdsInTheTalkerConfig())
+
+
 def load_model_weights(directory: Path, device: torch.device, dtype: torch.dtype, attn: str):
     """Qwen2_5OmniForConditionalGeneration from `directory`, refusing missing or unexpected weights."""
     from transformers import Qwen2_5OmniForConditionalGeneration as Omni
 
+    quiet_known_config_warnings()
     # Omni.from_pretrained loads the speakers itself and breaks with output_loading_info (it calls
     # load_speakers on the returned tuple): use the generic loader and load the voices ourselves.
     model, info = super(Omni, Omni).from_pretrained(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from omni_demo.live import ChatSettings, LiveSession
 from omni_demo.turns import load_vad
@@ -10,7 +11,10 @@ from omni_demo.worker import ModelWorker
 
 
 class Sessions:
-    def __init__(self, loaded, worker: ModelWorker, zero_gpu: bool = False, defaults: ChatSettings | None = None):
+    def __init__(self, loaded, worker: ModelWorker, zero_gpu: bool = False, defaults: ChatSettings | None = None,
+                 on_count: Callable[[int], None] = lambda count: None):
+        """`on_count` hears how many tabs are open whenever one opens or closes."""
+        self.on_count = on_count
         self.loaded = loaded
         self.worker = worker
         self.zero_gpu = zero_gpu
@@ -26,11 +30,13 @@ class Sessions:
                 session = self._sessions[key] = LiveSession(
                     key, self.loaded, self.worker, load_vad(), self.zero_gpu, settings=self.defaults
                 )
+                self.on_count(len(self._sessions))
             return session
 
     def close(self, key: str) -> None:
         with self._lock:
             session = self._sessions.pop(key, None)
+            self.on_count(len(self._sessions))
         if session is not None:
             session.close()
 

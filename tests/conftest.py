@@ -90,7 +90,6 @@ def live_app(loaded):
     from omni_demo.ui import build_app
 
     app = build_app(loaded)
-    app.demo.queue(default_concurrency_limit=None)
     _, url, _ = app.demo.launch(
         server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True, max_threads=80
     )

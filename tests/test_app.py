@@ -112,3 +112,54 @@ def test_an_upload_that_is_not_media_is_refused_over_http(live_app, tmp_path):
         if "notes-for-the-model.wav" in str(m["content"]) and "not an image, audio or video" in str(m["content"])
     ]
     assert len(refused) == 1 and not refused[0].answering  # told, and nothing went to the model
+
+
+def test_an_idle_server_uses_next_to_no_cpu(tiny_dir):
+    """`python app.py` with no tab open: its CPU time over a few seconds of waiting (Gradio's queue polled
+    every 1 ms, about 4 % of a core, until the app set its poll)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import free_port
+
+    port = free_port()
+    root = Path(__file__).resolve().parent.parent
+    server = subprocess.Popen([sys.executable, "app.py", "--model", str(tiny_dir), "--port", str(port)], cwd=root,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        time.sleep(2.0)  # start-up work settles
+
+        def cpu_seconds() -> float:
+            fields = Path(f"/proc/{server.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+        before = cpu_seconds()
+        time.sleep(5.0)
+        idle_share = (cpu_seconds() - before) / 5.0
+        print(f"\nidle server: {idle_share:.2%} of a core")
+        assert idle_share < 0.01
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def test_the_queue_keeps_gradios_pace_while_a_tab_is_open(live_app):
+    from omni_demo.ui import QUEUE_POLL_SECONDS
+
+    app, _ = live_app
+    queue = app.demo._queue
+    open_before = len(app.sessions)
+    app.sessions.get("a tab being opened")
+    assert queue.sleep_when_free == QUEUE_POLL_SECONDS["tabs open"]
+    app.sessions.close("a tab being opened")
+    if open_before == 0:
+        assert queue.sleep_when_free == QUEUE_POLL_SECONDS["no tab open"]

@@ -44,7 +44,6 @@ def serve(loaded, **defaults):
     from omni_demo.ui import build_app
 
     app = build_app(loaded, max_active=1, defaults=ChatSettings(**defaults))
-    app.demo.queue(default_concurrency_limit=None)
     _, url, _ = app.demo.launch(
         server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True, max_threads=80
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -111,3 +112,31 @@ def test_cuda_asked_for_without_cuda():
         pytest.skip("this machine has CUDA")
     with pytest.raises(LoadError, match="sees no CUDA"):
         load_omni("tiny", device="cuda")
+
+
+def test_a_load_prints_none_of_the_known_harmless_config_warnings(tiny_dir):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    code = f"from model.loading import load_omni; load_omni({str(tiny_dir)!r}, device='cpu')"
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "TRANSFORMERS_VERBOSITY": "warning"})
+    assert result.returncode == 0, result.stderr
+    assert "must be `None` or an integer within the vocabulary" not in result.stderr
+
+
+def test_only_those_config_warnings_are_dropped():
+    import logging
+
+    from model.loading import ThinkerIdsInTheTalkerConfig
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("transformers.configuration_utils", logging.WARNING, "", 0, message, None, None)
+
+    keep = ThinkerIdsInTheTalkerConfig().filter
+    template = "Model config: {} must be `None` or an integer within the vocabulary (between 0 and 8447), got 151860."
+    assert not keep(record(template.format("tts_text_start_token_id")))
+    assert not keep(record(template.format("audio_end_token_id")))
+    assert keep(record(template.format("pad_token_id")))  # any other id still warns
+    assert keep(record("Some other warning about the config."))
