@@ -102,7 +102,7 @@ class LiveSession:
         self.view = TabView()
         self.listener = Listener(vad, TurnSettings(silence_seconds=self.settings.silence_seconds))
         model_class = ZeroGpuModel if zero_gpu else TabModel
-        self.model = model_class(loaded, self.view, self.directory, self.settings.system_prompt, turn_timeout_s,
+        self.model = model_class(key, loaded, self.view, self.directory, self.settings.system_prompt, turn_timeout_s,
                                  closed=lambda: self.closed)
         self._mic = threading.Lock()  # one microphone chunk at a time, in order (handlers only)
         self._answers = 0

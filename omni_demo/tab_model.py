@@ -21,14 +21,16 @@ import torch
 from model import constants as C
 from model.engine.history import AnswerTurn, Record
 from model.session import OmniSession
+from omni_demo.timings import log_line
 from omni_demo.view import Answer, TabView, heard_tokens
 
 log = logging.getLogger(__name__)
 
 
 class TabModel:
-    def __init__(self, loaded, view: TabView, directory: Path, system_prompt: str, turn_timeout_s: float,
+    def __init__(self, name: str, loaded, view: TabView, directory: Path, system_prompt: str, turn_timeout_s: float,
                  closed: Callable[[], bool]):
+        self.name = name  # the tab's, for the console
         self.loaded = loaded
         self.view = view
         self.directory = directory
@@ -187,6 +189,8 @@ class TabModel:
         if answer.heard_at_stop is not None and not answer.retracted:
             self._keep_heard(answer, answer.heard_at_stop)
         self.view.finish_answer(answer, self.turn_timeout_s)
+        if not answer.retracted:
+            log.info(log_line(self.name, answer.timing, len(answer.tokens)))
 
     def _keep_in_memory(self, keep: int) -> None:
         if self._engine is not None:

@@ -11,7 +11,12 @@ import html
 import json
 from dataclasses import asdict, dataclass
 
+from omni_demo.playback import PLAYER_LEAD_SECONDS
+
 CHART_TURNS = 6  # turns shown in the timeline
+# A real-time factor over less speech than this says more about start-up than about speed (an answer
+# stopped after 0.04 s of speech showed 112): none is given.
+MIN_RTF_AUDIO_SECONDS = 1.0
 
 
 @dataclass
@@ -33,14 +38,23 @@ class TurnTiming:
 
     @property
     def real_time_factor(self) -> float | None:
-        """Seconds of compute per second of speech, over the whole answer."""
-        if not self.audio_seconds or self.total is None:
+        """Seconds of compute per second of speech, over the whole answer (none for under a second of it)."""
+        if self.audio_seconds < MIN_RTF_AUDIO_SECONDS or self.total is None:
             return None
         return self.total / self.audio_seconds
 
 
 def _seconds(value: float | None) -> str:
     return "–" if value is None else f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def log_line(tab: str, timing: TurnTiming, tokens: int) -> str:
+    """One line per answer for the server's console."""
+    rtf = timing.real_time_factor
+    played = None if timing.first_audio is None else timing.first_audio + PLAYER_LEAD_SECONDS
+    return (f"tab {tab[:8]} {timing.kind} turn {timing.index}: first text {_seconds(timing.first_text)}, "
+            f"first audio played {_seconds(played)}, RTF {'–' if rtf is None else f'{rtf:.2f}'}, {tokens} tokens"
+            + (", interrupted" if timing.interrupted else ""))
 
 
 def summary(timing: TurnTiming) -> str:

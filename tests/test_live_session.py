@@ -551,3 +551,16 @@ def test_speech_after_the_answer_began_playing_cuts_in_even_within_the_grace(loa
     assert not first.retracted and first.heard_at_stop is not None
     assert kinds(engine(live).history) == ["live", "answer", "live", "answer"]
     assert [t.interrupted for t in live.timings] == [True, False]
+
+
+def test_each_answer_logs_one_line(loaded, worker, caplog):
+    import logging
+
+    live = new_session(loaded, worker, "console-tab", text_only=True)
+    with caplog.at_level(logging.INFO, logger="omni_demo.tab_model"):
+        live.send("Hello there", [])
+        finish(live, worker)
+    lines = [r.getMessage() for r in caplog.records if r.name == "omni_demo.tab_model"]
+    assert len(lines) == 1
+    assert lines[0].startswith("tab console- typed turn 1: first text ") and lines[0].endswith(
+        f"{len(live.answer.tokens)} tokens")

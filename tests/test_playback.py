@@ -81,3 +81,12 @@ def test_heard_tokens():
     assert heard_tokens(answer(40, 3.0, False), 2.0) == 6  # speech unfinished: a speaking rate's worth
     assert heard_tokens(answer(40, 0.0, False, text_only=True), 0.0) == 40  # text was read, not heard
     assert pcm16(np.array([2.0], np.float32)).hex() == "ff7f"  # clipped, not wrapped
+
+
+def test_no_real_time_factor_for_less_than_a_second_of_speech():
+    from omni_demo.timings import summary
+
+    stopped = TurnTiming(2, "voice", 0.0, total=4.48, audio_seconds=0.04, interrupted=True)
+    assert stopped.real_time_factor is None and "real-time factor **–**" in summary(stopped)
+    spoken = TurnTiming(3, "voice", 0.0, total=3.0, audio_seconds=6.0)
+    assert spoken.real_time_factor == pytest.approx(0.5)
