@@ -46,8 +46,16 @@ class App:
     worker: ModelWorker
 
 
-def optional_int(value) -> int | None:
-    return None if value is None or value == "" else int(value)
+def seed_value(text) -> int | None:
+    """The seed box: empty means random; anything else must be a whole number."""
+    text = str(text or "").strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        gr.Warning(f"The seed must be a whole number (or empty, for random), not {text[:20]!r}: answers stay random.")
+        return None
 
 
 def _render(view: View) -> tuple:
@@ -124,7 +132,8 @@ def build_app(loaded, max_active: int = 2, zero_gpu: bool | None = None, default
     with gr.Blocks(title="Qwen2.5-Omni live", delete_cache=(600, 3600)) as demo:
         gr.Markdown(
             "# Qwen2.5-Omni, live\nPress **Record** and talk (turn the camera on if you like): the answer starts "
-            "as soon as you pause, in text and speech. Talk over it to cut in. You can also type or upload.\n\n"
+            "as soon as you pause, in text and speech; speak on before it plays and your turn simply goes on. "
+            "Talk over it to cut in. You can also type or upload.\n\n"
             "Browsers allow the microphone and the camera only on `localhost` or over https."
         )
         gr.Markdown(f"**Model:** {loaded.describe()}", elem_id="model-status")
@@ -172,7 +181,8 @@ def build_app(loaded, max_active: int = 2, zero_gpu: bool | None = None, default
             silence = gr.Slider(0.3, 1.5, value=defaults.silence_seconds, step=0.05, label="Silence that ends your turn (s)")
             resume = gr.Slider(0.0, 3.0, value=defaults.continue_seconds, step=0.1,
                                label="Speak again within this long, before the answer plays, and your turn goes on (s)")
-            seed = gr.Number(value=None, precision=0, label="Seed (empty: random; set: the same question gets the same speech)")
+            seed = gr.Textbox(value="", placeholder="random", max_lines=1, elem_id="seed",
+                              label="Seed (empty: random; a number: the same question gets the same speech)")
         trigger = gr.Number(value=0, visible=False)
 
         mic.stream(on_mic, [mic], [trigger, hearing], stream_every=MIC_CHUNK_SECONDS, concurrency_limit=None,
@@ -187,7 +197,7 @@ def build_app(loaded, max_active: int = 2, zero_gpu: bool | None = None, default
         for component, name, kind in ((voice, "voice", str), (text_only, "text_only", bool),
                                       (max_new_tokens, "max_new_tokens", int), (temperature, "temperature", float),
                                       (silence, "silence_seconds", float), (resume, "continue_seconds", float),
-                                      (seed, "seed", optional_int)):
+                                      (seed, "seed", seed_value)):
             component.change(setter(name, kind), [component], None, concurrency_limit=None, api_visibility="private")
         system_prompt.change(on_system_prompt, [system_prompt], [prompt_warning], concurrency_limit=None,
                              api_visibility="private")

@@ -225,7 +225,7 @@ def test_switching_the_voice_changes_the_speech(playwright, server):
     """With a fixed seed the same question gets the same speech; another voice gets other speech."""
     browser, page = open_page(playwright, server, max_tokens=16)
     try:
-        page.fill("input[aria-label^='Seed']", "7")
+        page.locator("#seed").locator("input, textarea").first.fill("7")
         page.keyboard.press("Tab")
         energies = []
         for voice in ("Chelsie", "Chelsie", "Ethan"):
@@ -241,6 +241,22 @@ def test_switching_the_voice_changes_the_speech(playwright, server):
             page.wait_for_timeout(500)
         assert energies[0] > 0 and energies[0] == energies[1]
         assert energies[2] != energies[0]
+    finally:
+        browser.close()
+
+
+def test_an_empty_seed_box_means_random_speech(playwright, server):
+    browser, page = open_page(playwright, server, max_tokens=16)
+    try:
+        seed = page.locator("#seed").locator("input, textarea").first
+        assert seed.input_value() == ""  # empty, as its label says, not a 0
+        energies = []
+        for count in (1, 2):
+            send(page, "Hello, who are you?")
+            energies.append(wait_for(page, answers_ended(count), f"answer {count}")["answers"][count - 1]["energy"])
+            page.click("#clear")
+            page.wait_for_timeout(500)
+        assert energies[0] > 0 and energies[1] > 0 and energies[0] != energies[1]
     finally:
         browser.close()
 
