@@ -3,9 +3,10 @@
     python -m model.cli --model tiny --input assets/question.wav --out answer.wav
     python -m model.cli --model Qwen/Qwen2.5-Omni-7B --text "Hello" --greedy --seed 0 --json
 
-The text is printed as it streams (or, with --json, one JSON object at the end with the text, the thinker's
-tokens, the talker's codes and the timings); the 24 kHz speech goes to --out as it is made. Bad input ends
-with exit code 2 and a one-line reason on stderr.
+The text is printed as it streams, and a line on stderr for each piece of speech as it is made (with
+--json, the text streams to stderr too, and stdout gets one JSON object at the end with the text, the
+thinker's tokens, the talker's codes and the timings); the 24 kHz speech goes to --out as it is made. Bad
+input ends with exit code 2 and a one-line reason on stderr.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--greedy", action="store_true",
                         help="greedy talker too (it keeps its repetition penalty); the thinker is greedy anyway")
     parser.add_argument("--seed", type=int, help="seeds the talker's sampling and token2wav's noise")
-    parser.add_argument("--max-new-tokens", type=int, default=1024, metavar="N", help="thinker tokens at most")
+    parser.add_argument("--max-new-tokens", type=int, default=256, metavar="N",
+                        help="thinker tokens at most (default 256, as the page's; about a minute of speech)")
     parser.add_argument("--live", action="store_true", help="feed the files as a live stream, in real time order")
     parser.add_argument("--out", metavar="WAV", help="write the speech here as it is made (24 kHz float WAV)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the streamed text")
@@ -139,14 +141,20 @@ def run(args) -> int:
     prompt_length = session.thinker.length
 
     wav = open_wav(args.out) if args.out and not args.text_only else None
-    done = None
+    text_out = sys.stderr if args.json else sys.stdout  # stdout holds only the JSON object then
+    done, speech_seconds, chunks = None, 0.0, 0
     try:
         for event in session.respond(answer_settings(args)):
-            if isinstance(event, TextDelta) and not args.json:
-                print(event.text, end="", flush=True)
-            elif isinstance(event, AudioChunk) and wav is not None:
-                wav.write(event.samples)
-                wav.flush()
+            if isinstance(event, TextDelta):
+                print(event.text, end="", file=text_out, flush=True)
+            elif isinstance(event, AudioChunk):
+                chunks += 1
+                speech_seconds += len(event.samples) / event.sample_rate
+                text_out.flush()
+                print(f"\n[speech {chunks}: {speech_seconds:.2f} s so far]", file=sys.stderr, flush=True)
+                if wav is not None:
+                    wav.write(event.samples)
+                    wav.flush()
             elif isinstance(event, ContextTrimmed):
                 print(f"note: {event.message}", file=sys.stderr)
             elif isinstance(event, AnswerDone):
@@ -157,6 +165,7 @@ def run(args) -> int:
 
     t = done.timings
     if args.json:
+        print(file=sys.stderr, flush=True)
         print(json.dumps({
             "text": done.text,
             "tokens": done.tokens,

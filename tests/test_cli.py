@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -218,3 +219,18 @@ def test_live_equals_the_engine_fed_live(checkpoint, capsys, case):
 def test_live_takes_no_text(checkpoint, capsys):
     assert main(cli(checkpoint, "--input", str(cases.SPOKEN_QUESTION), "--text", "hi", "--live")) == 2
     assert "takes no --text" in capsys.readouterr().err
+
+
+def test_json_streams_its_progress_to_stderr(checkpoint, loaded_once, capsys):
+    """With --json, stdout holds the one JSON object; the text as it streams and a line per piece of speech
+    go to stderr, so a long answer is never silent for minutes."""
+    assert main(cli(checkpoint, "--text", "Tell me a story.", "--greedy", "--max-new-tokens", "40", "--json")) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)  # the whole of stdout
+    assert set(result) >= {"text", "tokens", "codes", "timings"}
+    streamed = re.sub(r"\n\[speech \d+: [0-9.]+ s so far\]\n", "", captured.err)
+    assert result["text"] in streamed  # the text, as it streamed, around the speech lines
+    speech = re.findall(r"\[speech (\d+): ([0-9.]+) s so far\]", captured.err)
+    assert len(speech) >= 2 and [int(n) for n, _ in speech] == list(range(1, len(speech) + 1))
+    assert float(speech[-1][1]) == pytest.approx(result["audio_seconds"], abs=0.01)
+
