@@ -173,7 +173,12 @@ class LiveSession:
         try:
             parts: list[Part] = parts_from_message(text or "", files)
         except UserInputError as error:
-            if files:  # a file that cannot be used: say so in the chat, where the upload would have been
+            if files:  # a file that cannot be used: the message as sent, then why it was refused
+                with self.view:
+                    for path in files:
+                        self.view.chat.append({"role": "user", "content": f"📎 {Path(path).name}"})
+                    if (text or "").strip():
+                        self.view.chat.append({"role": "user", "content": text})
                 self.view.say_error(str(error))
             return str(error)
         turn = self.listener.turn

@@ -25,6 +25,7 @@ from omni_demo.timings import log_line
 from omni_demo.view import Answer, TabView, heard_tokens
 
 log = logging.getLogger(__name__)
+MIN_CLIP_SECONDS = 0.1  # an answer cut off before this much of it was heard keeps no clip
 
 
 class TabModel:
@@ -202,6 +203,10 @@ class TabModel:
         self._keep_in_memory(keep)
         kept = self.loaded.processor.tokenizer.decode(answer.tokens[:keep], skip_special_tokens=True)
         self.view.cut_to_heard(answer, kept, heard_seconds)
+        if answer.clip is not None and heard_seconds < MIN_CLIP_SECONDS:  # nothing heard: no 0:00 clip
+            self.view.drop_clip(answer)
+            answer.clip.unlink(missing_ok=True)
+            answer.clip = None
         cut_clip(answer.clip, heard_seconds)
 
 

@@ -150,9 +150,7 @@ def build_app(loaded, max_active: int = 2, zero_gpu: bool | None = None, default
                 )
                 mic = gr.Audio(sources=["microphone"], streaming=True, label="Microphone", elem_id="mic")
                 hearing = gr.Markdown("Press Record to talk.", elem_id="hearing")
-                with gr.Row():
-                    stop = gr.Button("⏹ Stop answer", elem_id="stop")
-                    clear = gr.Button("Clear conversation", elem_id="clear")
+                clear = gr.Button("Clear conversation", elem_id="clear")
             with gr.Column(scale=3):
                 chatbot = gr.Chatbot(label="Conversation", height=460, elem_id="chat")
                 player = gr.HTML(
@@ -161,7 +159,10 @@ def build_app(loaded, max_active: int = 2, zero_gpu: bool | None = None, default
                     js_on_load=PLAYER_SCRIPT.read_text(),
                     elem_id="player",
                 )
-                status = gr.Markdown("Ready: press Record to talk, or type.", elem_id="status")
+                with gr.Row(equal_height=True):
+                    status = gr.Markdown("Ready: press Record to talk, or type.", elem_id="status")
+                    # Beside the answer, away from the microphone's own Stop (which ends recording).
+                    stop = gr.Button("✋ Silence the assistant", elem_id="stop", scale=0, min_width=240, size="sm")
                 box = gr.MultimodalTextbox(
                     file_types=UPLOAD_TYPES,
                     file_count="multiple",

@@ -166,6 +166,10 @@ class TabView:
             answer.message["content"] = kept_text.rstrip() + " …"
             answer.message["metadata"] = {"title": f"✋ Interrupted after {heard_seconds:.1f} s"}
 
+    def drop_clip(self, answer: Answer) -> None:
+        with self:
+            self.chat = [m for m in self.chat if m.get("content") != {"path": str(answer.clip)}]
+
     def finish_answer(self, answer: Answer, timeout_s: float) -> None:
         with self:
             if answer.retracted:

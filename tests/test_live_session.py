@@ -564,3 +564,31 @@ def test_each_answer_logs_one_line(loaded, worker, caplog):
     assert len(lines) == 1
     assert lines[0].startswith("tab console- typed turn 1: first text ") and lines[0].endswith(
         f"{len(live.answer.tokens)} tokens")
+
+
+def test_refused_uploads_show_what_was_sent_and_each_error_apart(loaded, worker, assets):
+    live = new_session(loaded, worker, text_only=True)
+    for _ in range(2):
+        assert live.send("what is this?", [str(assets / "corrupt.mp4")])
+    roles = [m["role"] for m in live.chat]
+    assert roles == ["user", "user", "assistant"] * 2  # the file, the text, then why: never two errors in a row
+    assert live.chat[0]["content"] == "📎 corrupt.mp4" and live.chat[1]["content"] == "what is this?"
+
+
+def test_an_answer_cut_off_before_any_was_heard_keeps_no_clip(loaded, worker):
+    from omni_demo.playback import PlaybackClock
+
+    live = new_session(loaded, worker)
+    live.update(max_new_tokens=400)
+    live.send("Tell me a long story.", [])
+    with live.view:
+        live.answer.clock = PlaybackClock(lead=30.0)  # a player slow to start (its first speech is 24 codes away)
+    deadline = time.monotonic() + 120
+    while not live.answer.chunks and time.monotonic() < deadline:  # its first speech is on its way
+        time.sleep(0.01)
+    assert live.answer.chunks
+    live.stop()  # before the player has started it: nothing of it was heard
+    finish(live, worker)
+    assert live.answer.heard_at_stop is not None and live.answer.heard_at_stop < 0.1
+    assert files(live, "assistant") == [] and live.answer.clip is None
+    assert not list(live.directory.glob("*-answer.wav"))
