@@ -5,6 +5,7 @@
     add_user_turn(parts) ------------------------------> encode.whole_turn ----+
     feed_audio / feed_frame -> live_input.LiveTimeline -> settled windows ------+-> thinker cache (+ talker's prompt)
     end_user_turn --------------------------------------> every open window, closing tokens
+    continue_user_turn ---------------------------------> the turn's closing (and an answer begun) taken back
     respond --------------------------------------------> answer.AnswerDecoder -> TextDelta, AudioChunk, AnswerDone
     history / restore ----------------------------------> history records, replayed through the same calls
 
