@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 
@@ -32,6 +33,15 @@ PROMPT_WARNING = (
     "the speech may be wrong. Put a persona in your first message instead."
 )
 PLAYER_HTML = "<div class='omni-player'>🔈 Speech plays here as it is generated.</div>"
+# Ready inputs for a visitor who cannot or will not talk: the project's own media (assets/make_assets.py),
+# sent through the message box like any upload.
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+EXAMPLES = [
+    {"text": "", "files": [str(ASSETS / "question.wav")]},
+    {"text": "What is in this picture?", "files": [str(ASSETS / "scene.png")]},
+    {"text": "", "files": [str(ASSETS / "clip_with_audio.mp4")]},
+]
+EXAMPLE_LABELS = ["🎙️ A spoken question", "🖼️ A picture and a question", "🎬 A video with its sound"]
 # Gradio's queue looks for work every 1 ms while it has none (gradio/queueing.py): about 4 % of a core with
 # no tab open. With no tab open it looks every 100 ms (only a new tab's first event can wait for that); with
 # one open, at Gradio's own pace, so no event of a conversation waits. The page shows no progress bars.
@@ -170,6 +180,14 @@ def build_app(loaded, max_active: int = 2, zero_gpu: bool | None = None, default
                     show_label=False,
                     elem_id="message",
                 )
+        gr.Examples(
+            examples=[[example] for example in EXAMPLES],
+            inputs=[box],
+            example_labels=EXAMPLE_LABELS,
+            label="Nothing to say? Try one of these (it goes into the message box: press Enter to send)",
+            elem_id="examples",
+            cache_examples=False,  # Spaces would otherwise run the model on each at start-up
+        )
         last_turn = gr.Markdown("", elem_id="timings")
         timeline = gr.HTML(chart([]), elem_id="timeline-panel")
         with gr.Accordion("Settings", open=False, elem_id="settings"):

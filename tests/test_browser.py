@@ -245,6 +245,25 @@ def test_switching_the_voice_changes_the_speech(playwright, server):
         browser.close()
 
 
+def test_each_example_is_answered_like_an_upload(playwright, server):
+    """The row of ready inputs, for a visitor who cannot or will not talk: each goes into the message box and
+    is answered through the same path as an upload."""
+    browser, page = open_page(playwright, server, max_tokens=8)
+    try:
+        shown = ("audio", "img", "video")
+        for count, (label, kind) in enumerate(zip(("A spoken question", "A picture and a question",
+                                                   "A video with its sound"), shown), start=1):
+            page.click(f"#examples >> text={label}")
+            page.wait_for_timeout(800)
+            page.click("#message textarea")
+            page.keyboard.press("Enter")
+            wait_for(page, answers_ended(count), f"the answer to the example {label!r}")
+            assert page.locator("#chat").locator(kind).count() >= 1  # the example's file, as an upload shows
+        assert "Could not answer" not in page.inner_text("#chat")
+    finally:
+        browser.close()
+
+
 def test_an_empty_seed_box_means_random_speech(playwright, server):
     browser, page = open_page(playwright, server, max_tokens=16)
     try:
