@@ -234,11 +234,13 @@ class LiveSession:
                 for _ in self.model.answer(answer, None):
                     yield self.view.snapshot(self.status())
             seen = self.view.wait(seen, poll_seconds, lambda: self.closed)
-            view = self.view.snapshot(self.status())
+            with self.view.lock:  # the view and whether more will come, as of one moment
+                view = self.view.snapshot(self.status())
+                busy = self.answering or self._playing()
             if view != last:
                 yield view
                 last = view
-            if not (self.answering or self._playing()) or self.closed:
+            if not busy or self.closed:
                 return
 
     def status(self) -> str:

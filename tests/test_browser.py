@@ -186,6 +186,31 @@ def test_speaking_during_the_answer_stops_it_and_starts_a_new_turn(playwright, s
         browser.close()
 
 
+def test_a_pause_inside_a_spoken_question_keeps_it_one_turn(playwright, live_app, tmp_path):
+    """Two sentences with a 1.2 s pause between (the turn ends after 0.6 s): the second goes on the first
+    turn, whose started answer disappears; one turn, one answer. Text-only answers, so none has begun to
+    play when the speech resumes (speech after playback began is a barge-in, tested elsewhere)."""
+    app, server = live_app
+    microphone = microphone_file(tmp_path, silence(1.0), speech_48k(), silence(1.2), speech_48k(), silence(10.0))
+    browser, page = open_page(playwright, server, microphone, max_tokens=16)
+    try:
+        page.get_by_label("Text-only answers (no speech)").check()
+        page.wait_for_timeout(300)
+        start_talking(page, camera=False)
+        page.wait_for_function("() => JSON.parse(document.querySelector('#timeline').dataset.turns).length >= 1",
+                               timeout=ANSWER_TIMEOUT_S * 1000)
+        page.wait_for_timeout(4000)  # the rest of the microphone file is silence: no other turn may come
+        (turn,) = timeline(page)
+        chat = page.inner_text("#chat")
+        assert chat.count("🎙️") == 1 and "Interrupted" not in chat
+        (live,) = [s for s in app.sessions.open() if s.answer and s.answer.turn and s.answer.settings.text_only]
+        history = live.model.history
+        assert [type(r).__name__ for r in history] == ["LiveTurn", "AnswerTurn"]
+        assert len(history[0].audio) / 16_000 > 2 * len(speech_48k()) / BROWSER_RATE  # both sentences and the pause
+    finally:
+        browser.close()
+
+
 def test_two_tabs_hold_independent_conversations(playwright, server):
     browser, first = open_page(playwright, server, max_tokens=16)
     second = browser.new_context().new_page()

@@ -592,3 +592,33 @@ def test_an_answer_cut_off_before_any_was_heard_keeps_no_clip(loaded, worker):
     assert live.answer.heard_at_stop is not None and live.answer.heard_at_stop < 0.1
     assert files(live, "assistant") == [] and live.answer.clip is None
     assert not list(live.directory.glob("*-answer.wav"))
+
+
+def test_follow_never_misses_the_last_view(loaded, worker):
+    """The answer finishes (on the worker) just as `follow` reads the view: the page must still get the view
+    in which it has finished, not stay at "Answering…" (it did, when the two were read apart)."""
+    import threading
+
+    from model.session import AnswerSettings
+    from omni_demo.playback import PlayerFeed
+    from omni_demo.timings import TurnTiming
+    from omni_demo.view import Answer
+
+    live = new_session(loaded, worker)
+    answer = Answer(TurnTiming(1, "typed", time.time()), AnswerSettings(text_only=True), PlayerFeed(1))
+    with live.view:
+        live.view.answer = answer
+    read, finisher = live.view.snapshot, []
+
+    def snapshot(status):
+        view = read(status)
+        if not finisher:  # the worker finishes the answer now, while this view is being read
+            finisher.append(threading.Thread(target=live.view.finish_answer, args=(answer, 300.0)))
+            finisher[0].start()
+            finisher[0].join(0.3)
+        return view
+
+    live.view.snapshot = snapshot
+    views = list(live.follow(poll_seconds=0.05))
+    finisher[0].join(5)
+    assert answer.finished and views[-1].status != "💭 Answering…"
