@@ -104,9 +104,7 @@ class ThinkerStream:
         """Drops the last `count` decoded tokens (one `step` each) from the cache and the talker states."""
         if any(state.shape[1] != 1 for state in self.talker_states[-count:]):
             raise ValueError("forget_last drops decoded tokens only, not prefilled segments")
-        self.cache.crop(-count)
-        del self.ids[-count:], self.talker_states[-count:], self.state_positions[-count:]
-        self.next_position -= count
+        self.rewind((self.length - count, len(self.talker_states) - count, self.next_position - count))
 
     def text_segment(self, ids: list[int]) -> Segment:
         """Plain text tokens that follow the cache (all three rope ids advance together)."""
