@@ -123,6 +123,7 @@ class TabView:
             answer.feed.stop()
             gone = [answer.message, *(answer.turn.entries if answer.turn is not None else [])]
             self.chat = [m for m in self.chat if not any(m is g for g in gone)]
+            self.timings = [t for t in self.timings if t is not answer.timing]  # an answer already finished
 
     def show(self, answer: Answer, event, elapsed: float) -> None:
         """One event of the answer; `elapsed` is the seconds since the user's turn ended."""

@@ -507,11 +507,11 @@ def test_a_pause_inside_a_question_keeps_it_one_turn(loaded, worker, spoken):
     first = np.concatenate([silence(0.3), speech_48k(), silence(0.7)])
     assert speak(live, first) == 1  # the pause ended the turn: an answer starts
     retracted = live.answer
-    if not spoken:  # let the answer get going: its text is on the page when the user goes on
+    if not spoken:  # let the answer finish: its text and figures are on the page when the user goes on
         deadline = time.monotonic() + 60
-        while not retracted.text and time.monotonic() < deadline:
+        while not retracted.finished and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert retracted.text
+        assert retracted.text and live.timings
     second = np.concatenate([silence(0.2), speech_48k(), silence(1.0)])
     assert speak(live, second) == 1
     finish(live, worker)
