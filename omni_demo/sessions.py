@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 
 from omni_demo.live import ChatSettings, LiveSession
 from omni_demo.turns import load_vad
 from omni_demo.worker import ModelWorker
+
+
+CLOSED_REMEMBERED = 10_000  # recently closed tabs' keys, so an event of theirs that comes late opens nothing
+
+
+class SessionClosed(Exception):
+    """An event from a tab whose session was closed (the page went away or lost the server)."""
 
 
 class Sessions:
@@ -20,10 +28,13 @@ class Sessions:
         self.zero_gpu = zero_gpu
         self.defaults = defaults or ChatSettings()
         self._sessions: dict[str, LiveSession] = {}
+        self._closed: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, key: str) -> LiveSession:
         with self._lock:
+            if key in self._closed:
+                raise SessionClosed(key)
             session = self._sessions.get(key)
             if session is None:
                 # Each tab has its own VAD: Silero keeps the state of the stream it listens to.
@@ -34,11 +45,20 @@ class Sessions:
             return session
 
     def close(self, key: str) -> None:
+        """Frees the tab's session. It counts as open until it is freed, and its key stays closed."""
         with self._lock:
-            session = self._sessions.pop(key, None)
+            if key in self._closed:
+                return
+            self._closed[key] = None
+            if len(self._closed) > CLOSED_REMEMBERED:
+                self._closed.popitem(last=False)
+            session = self._sessions.get(key)
+        if session is None:
+            return
+        session.close()  # outside the lock: other tabs open and close meanwhile
+        with self._lock:
+            del self._sessions[key]
             self.on_count(len(self._sessions))
-        if session is not None:
-            session.close()
 
     def open(self) -> list[LiveSession]:
         with self._lock:

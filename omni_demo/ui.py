@@ -18,7 +18,7 @@ from model import constants as C
 from omni_demo import gpu
 from omni_demo.live import ChatSettings
 from omni_demo.playback import PLAYER_SCRIPT
-from omni_demo.sessions import Sessions
+from omni_demo.sessions import SessionClosed, Sessions
 from omni_demo.timings import chart, summary
 from omni_demo.view import View
 from omni_demo.worker import ModelWorker
@@ -88,7 +88,11 @@ def build_app(loaded, max_active: int = 2, zero_gpu: bool | None = None, default
     counter = itertools.count(1)  # values for the hidden trigger: each bump must differ from the last
 
     def session(request: gr.Request):
-        return sessions.get(request.session_hash)
+        try:
+            return sessions.get(request.session_hash)
+        except SessionClosed:
+            raise gr.Error("This conversation was closed: the page lost its connection to the server. "
+                           "Reload the page to start a new one.") from None
 
     def on_mic(chunk, request: gr.Request):
         if chunk is None:

@@ -99,10 +99,11 @@ class ModelWorker:
                     return None
                 self._lock.wait()
 
-    def _finish(self, key: Hashable, job: Job) -> None:
+    def _finish(self, key: Hashable) -> None:
+        """The session's current job is done (only `_advance` removes a session's first job)."""
         with self._lock:
             jobs = self._jobs.get(key)
-            if jobs and jobs[0] is job:
+            if jobs:
                 jobs.popleft()
             if not jobs:
                 self._jobs.pop(key, None)
@@ -114,20 +115,27 @@ class ModelWorker:
 
     def _run(self) -> None:
         while (picked := self._next()) is not None:
-            self._advance(*picked)
-            picked = None  # while waiting for work, hold no finished job (nor the session it belongs to)
+            key, job = picked
+            del picked
+            done = self._advance(job)
+            # Drop the job (its error handler holds the session) before anyone can see it finished: `idle`
+            # then means that no session's memory is held here either.
+            del job
+            if done:
+                self._finish(key)
 
-    def _advance(self, key: Hashable, job: Job) -> None:
+    def _advance(self, job: Job) -> bool:
+        """One step of the job; True when it has finished (ended, failed or cancelled)."""
         with self._lock:
             cancelled = job.cancelled
         if cancelled:
             job.steps.close()  # runs the job's own clean-up (finally blocks) on this thread
-            self._finish(key, job)
-            return
+            return True
         try:
             next(job.steps)
+            return False
         except StopIteration:
-            self._finish(key, job)
+            return True
         except BaseException as error:  # noqa: BLE001 - one session's failure must not stop the others
             log.exception("model job failed")
             if job.on_error is not None:
@@ -135,4 +143,4 @@ class ModelWorker:
                     job.on_error(error)
                 except Exception:  # noqa: BLE001
                     log.exception("error handler failed")
-            self._finish(key, job)
+            return True

@@ -50,6 +50,26 @@ def test_a_message_sent_over_http_is_answered_in_its_own_session(live_app):
     assert len(mine) == 1 and mine[0].answer.finished and mine[0].answer.text
 
 
+def test_an_event_from_a_closed_tab_opens_nothing_and_says_so(live_app):
+    """Gradio may deliver a tab's event after the tab was closed (a stream chunk in flight when the page lost
+    the server): it must not open a session that nobody will ever close, and a page that is still there is
+    told to reload."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    app, url = live_app
+    client = Client(url, verbose=False)
+    client.predict({"text": "Hello before the tab closes", "files": []}, api_name="/send")
+    key = client.session_hash
+    assert key in app.sessions._sessions
+    app.sessions.close(key)  # what the page's unload does
+    open_after_close = len(app.sessions)
+    with pytest.raises(AppError, match="Reload the page"):
+        client.predict({"text": "Hello after it closed", "files": []}, api_name="/send")
+    assert key not in app.sessions._sessions and len(app.sessions) == open_after_close
+    client.close()
+
+
 def test_oversized_upload_is_refused_before_decoding(tmp_path):
     from model.limits import MAX_UPLOAD_BYTES
     from model.media import MediaError
