@@ -10,7 +10,6 @@ from omni_demo.live import ChatSettings, LiveSession
 from omni_demo.turns import load_vad
 from omni_demo.worker import ModelWorker
 
-
 CLOSED_REMEMBERED = 10_000  # recently closed tabs' keys, so an event of theirs that comes late opens nothing
 
 
