@@ -104,6 +104,7 @@ class ZeroGpuModel(TabModel):
         super().__init__(*args, **kwargs)
         self._records: list[Record] = []
         self._conversation = 0  # bumped by `clear`: a call still running then belongs to the old one
+        self._kept: tuple[Answer, int] | None = None  # the last call whose history was kept, and where its turn began
         self._lock = threading.Lock()
 
     @property
@@ -115,7 +116,13 @@ class ZeroGpuModel(TabModel):
         raise RuntimeError("on ZeroGPU a turn is given whole, in its GPU call")
 
     def continue_turn(self, before) -> Iterator[None]:
-        yield  # the retracted call's history was never kept: the continued turn is given whole
+        """The continued turn is given whole in the next call. A call cut short by the retraction kept no
+        history; one that had already finished (its answer not heard yet) gives its turn and answer back."""
+        with self._lock:
+            if self._kept is not None and self._kept[0].retracted:
+                self._records = self._records[: self._kept[1]]
+                self._kept = None
+        yield
 
     def answer(self, answer: Answer, rest=None) -> Iterator[None]:
         """The turn's GPU call, one step per event. A call cut short (barge-in, a closed tab) never hands its
@@ -149,12 +156,13 @@ class ZeroGpuModel(TabModel):
             history = [*history, AnswerTurn(list(answer.tokens))]
         with self._lock:
             if history is not None and conversation == self._conversation and not answer.retracted:
-                self._records = history
+                # It ends with the turn and its answer (older turns may have been trimmed from its front).
+                self._records, self._kept = history, (answer, len(history) - 2)
         self._close(answer)
 
     def clear(self) -> Iterator[None]:
         with self._lock:
-            self._records, self._conversation = [], self._conversation + 1
+            self._records, self._conversation, self._kept = [], self._conversation + 1, None
         yield from super().clear()
 
     def set_system_prompt(self, system_prompt: str) -> Iterator[None]:

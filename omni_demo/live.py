@@ -40,6 +40,7 @@ from model.message import parts_from_message
 from omni_demo.gpu import ZeroGpuModel
 from omni_demo.listener import HeardTurn, Listener
 from omni_demo.playback import PlayerFeed
+from omni_demo.playout import PlaybackClock, SpeechPace
 from omni_demo.tab_model import TabModel
 from omni_demo.timings import TurnTiming
 from omni_demo.turns import SpeechConfirmed, TurnEnded, TurnSettings
@@ -89,7 +90,9 @@ class ChatSettings:
 
 class LiveSession:
     def __init__(self, key: str, loaded, worker: ModelWorker, vad=None, zero_gpu: bool = False,
-                 turn_timeout_s: float = TURN_TIMEOUT_S, settings: ChatSettings | None = None):
+                 turn_timeout_s: float = TURN_TIMEOUT_S, settings: ChatSettings | None = None,
+                 pace: SpeechPace | None = None):
+        """`pace`: the server's, shared by its tabs (one model makes everyone's speech)."""
         self.key = key
         self.loaded = loaded
         self.worker = worker
@@ -99,7 +102,7 @@ class LiveSession:
             self.settings = replace(self.settings, voice=loaded.voice_names[0])
         self.directory = Path(tempfile.mkdtemp(prefix="omni-demo-session-"))
         self.closed = False
-        self.view = TabView()
+        self.view = TabView(pace)
         self.listener = Listener(vad, TurnSettings(silence_seconds=self.settings.silence_seconds))
         model_class = ZeroGpuModel if zero_gpu else TabModel
         self.model = model_class(key, loaded, self.view, self.directory, self.settings.system_prompt, turn_timeout_s,
@@ -284,7 +287,9 @@ class LiveSession:
         rest = self.listener.take_unsent(turn) if turn is not None else None
         with self.view:
             self._answers += 1
-            answer = Answer(timing, self.settings.answer_settings(), PlayerFeed(self._answers), turn=turn, parts=parts)
+            pace = self.view.pace.current()
+            answer = Answer(timing, self.settings.answer_settings(), PlayerFeed(self._answers, pace),
+                            PlaybackClock(pace), turn=turn, parts=parts)
             self.view.answer = answer
             if not self.zero_gpu:  # on ZeroGPU, `follow` runs it in a GPU call
                 self.worker.submit(self.key, self.model.answer(answer, rest))

@@ -1,10 +1,11 @@
-"""Speech out: the feed the page's WebAudio player reads, and the server's copy of the player's clock.
+"""Speech out: the feed the page's WebAudio player reads, and the player's script.
 
 `gr.Audio(streaming=True)` plays 1.2-1.35 s after the first yield (an HLS encoder per stream); a `gr.HTML`
 component with its own script plays a yielded chunk 50-100 ms after it arrives. Its value is the answer's
 feed, one numbered line per event:
 
-    answer 7                   the header: a new answer (the script resets when the id changes)
+    answer 7 pace 0.41 5.12    the header: a new answer (the script resets when the id changes), and the
+                               pace of the last answers (speech made per second, seconds per answer), if any
     0 pcm UklGRi...            24 kHz mono int16 little-endian, base64
     1 stop                     stop playing now (barge-in, Stop button)
     2 end                      the answer's audio is complete
@@ -15,23 +16,29 @@ Gradio sends each update as a small "append" diff. Two updates may reach the scr
 sees only the second; the line numbers let it take every line it has not taken yet, and the lines the value
 keeps cover any updates one tick can bring.
 
-The player schedules each chunk at max(arrival + lead, end of the previous chunk), gap-free.
-`PlaybackClock` replays that rule on the server, so the session knows how much the user has heard when
-they cut in, without a round trip to the browser.
+When each chunk plays is the playout rule's (omni_demo/playout.py), which the script implements too.
 """
 
 from __future__ import annotations
 
 import base64
-import time
+import json
 from pathlib import Path
 
 import numpy as np
 
 from model import constants as C
+from omni_demo import playout
+from omni_demo.playout import Pace
 
 PLAYER_SCRIPT = Path(__file__).with_name("player.js")
-PLAYER_LEAD_SECONDS = 0.05  # the script starts an idle player this long after a chunk arrives
+
+
+def player_script() -> str:
+    """The player's script, after the playout rule's numbers (one source for them: playout.py)."""
+    rule = {"lead": playout.LEAD_SECONDS, "safety": playout.SAFETY, "maxHold": playout.MAX_HOLD_SECONDS,
+            "defaultAnswer": playout.DEFAULT_ANSWER_SECONDS}
+    return f"const RULE = {json.dumps(rule)};\n" + PLAYER_SCRIPT.read_text()
 
 
 def pcm16(samples: np.ndarray) -> bytes:
@@ -45,14 +52,16 @@ FEED_LINES = 12  # lines the feed keeps at least: 12 chunks are several seconds 
 class PlayerFeed:
     """One answer's feed for the player component."""
 
-    def __init__(self, answer_id: int):
+    def __init__(self, answer_id: int, pace: Pace | None = None):
         self.answer_id = answer_id
+        self.pace = pace
         self.lines = 0  # lines written so far
         self._kept: list[str] = []  # the last lines, numbered
         self.stopped = False
 
     def value(self) -> str:
-        return f"answer {self.answer_id}\n" + "".join(self._kept)
+        pace = "" if self.pace is None else f" pace {self.pace.rate:.4f} {self.pace.length:.3f}"
+        return f"answer {self.answer_id}{pace}\n" + "".join(self._kept)
 
     def add(self, samples: np.ndarray) -> None:
         if not self.stopped:
@@ -72,41 +81,6 @@ class PlayerFeed:
         self.lines += 1
         if len(self._kept) > 2 * FEED_LINES:
             del self._kept[:-FEED_LINES]
-
-
-class PlaybackClock:
-    """When each chunk of one answer plays, by the player's rule; times are `time.monotonic()` seconds."""
-
-    def __init__(self, lead: float = PLAYER_LEAD_SECONDS):
-        self.lead = lead
-        self.spans: list[tuple[float, float]] = []  # (start, end) of each chunk
-        self.stopped_at: float | None = None
-
-    def add(self, seconds: float, arrived: float | None = None) -> None:
-        arrived = time.monotonic() if arrived is None else arrived
-        start = max(arrived + self.lead, self.spans[-1][1] if self.spans else 0.0)
-        self.spans.append((start, start + seconds))
-
-    def stop(self, at: float | None = None) -> float:
-        """Stops playback; returns the seconds heard."""
-        self.stopped_at = time.monotonic() if at is None else at
-        return self.heard(self.stopped_at)
-
-    def heard(self, at: float | None = None) -> float:
-        at = time.monotonic() if at is None else at
-        if self.stopped_at is not None:
-            at = min(at, self.stopped_at)
-        return sum(min(max(at - start, 0.0), end - start) for start, end in self.spans)
-
-    @property
-    def total(self) -> float:
-        return sum(end - start for start, end in self.spans)
-
-    def playing_until(self) -> float:
-        """When the last scheduled sample ends (0 if nothing is scheduled or playback was stopped)."""
-        if self.stopped_at is not None or not self.spans:
-            return 0.0
-        return self.spans[-1][1]
 
 
 def samples_seconds(samples: np.ndarray) -> float:

@@ -7,6 +7,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from omni_demo.live import ChatSettings, LiveSession
+from omni_demo.playout import SpeechPace
 from omni_demo.turns import load_vad
 from omni_demo.worker import ModelWorker
 
@@ -26,6 +27,7 @@ class Sessions:
         self.worker = worker
         self.zero_gpu = zero_gpu
         self.defaults = defaults or ChatSettings()
+        self.pace = SpeechPace()  # how fast this server makes speech: every tab's player plans with it
         self._sessions: dict[str, LiveSession] = {}
         self._closed: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
@@ -38,7 +40,7 @@ class Sessions:
             if session is None:
                 # Each tab has its own VAD: Silero keeps the state of the stream it listens to.
                 session = self._sessions[key] = LiveSession(
-                    key, self.loaded, self.worker, load_vad(), self.zero_gpu, settings=self.defaults
+                    key, self.loaded, self.worker, load_vad(), self.zero_gpu, settings=self.defaults, pace=self.pace
                 )
                 self.on_count(len(self._sessions))
             return session

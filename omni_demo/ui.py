@@ -17,9 +17,9 @@ import gradio as gr
 from model import constants as C
 from omni_demo import gpu
 from omni_demo.live import ChatSettings
-from omni_demo.playback import PLAYER_SCRIPT
+from omni_demo.playback import player_script
 from omni_demo.sessions import SessionClosed, Sessions
-from omni_demo.timings import chart, summary
+from omni_demo.timings import STAGES, chart, figures, summary
 from omni_demo.view import View
 from omni_demo.worker import ModelWorker
 
@@ -68,9 +68,13 @@ def seed_value(text) -> int | None:
         return None
 
 
-def _render(view: View) -> tuple:
+def _render(view: View, new_figures: str | None) -> tuple:
+    """The page's outputs for a view; the timings' only with `new_figures` (a chart is drawn again each time
+    it is sent)."""
+    if new_figures is None:
+        return view.chat, view.player, view.status, gr.skip(), gr.skip(), gr.skip()
     last = summary(view.timings[-1]) if view.timings else ""
-    return view.chat, view.player, view.status, last, chart(view.timings)
+    return view.chat, view.player, view.status, last, new_figures, chart(view.timings)
 
 
 def build_app(loaded, max_active: int = 2, zero_gpu: bool | None = None, defaults: ChatSettings | None = None) -> App:
@@ -109,8 +113,11 @@ def build_app(loaded, max_active: int = 2, zero_gpu: bool | None = None, default
             session(request).see(frame)
 
     def follow(request: gr.Request):
+        shown = None
         for view in session(request).follow():
-            yield _render(view)
+            data = figures(view.timings)
+            yield _render(view, data if data != shown else None)
+            shown = data
 
     def on_send(message, request: gr.Request):
         message = message or {}
@@ -170,7 +177,7 @@ def build_app(loaded, max_active: int = 2, zero_gpu: bool | None = None, default
                 player = gr.HTML(
                     value="",
                     html_template=PLAYER_HTML,
-                    js_on_load=PLAYER_SCRIPT.read_text(),
+                    js_on_load=player_script(),
                     elem_id="player",
                 )
                 with gr.Row(equal_height=True):
@@ -193,7 +200,12 @@ def build_app(loaded, max_active: int = 2, zero_gpu: bool | None = None, default
             cache_examples=False,  # Spaces would otherwise run the model on each at start-up
         )
         last_turn = gr.Markdown("", elem_id="timings")
-        timeline = gr.HTML(chart([]), elem_id="timeline-panel")
+        timeline = gr.BarPlot(
+            None, x="turn", y="seconds", color="stage", color_map=STAGES, colors_in_legend=list(STAGES),
+            label="The last turns, from the end of your voice", x_title="turn", y_title="seconds",
+            elem_id="timeline-plot",
+        )
+        turn_figures = gr.HTML(figures([]), elem_id="timeline-panel")
         with gr.Accordion("Settings", open=False, elem_id="settings"):
             voice = gr.Dropdown(choices=loaded.voice_names, value=defaults.voice, label="Voice")
             text_only = gr.Checkbox(label="Text-only answers (no speech)", value=defaults.text_only)
@@ -212,8 +224,8 @@ def build_app(loaded, max_active: int = 2, zero_gpu: bool | None = None, default
                    show_progress="hidden", api_visibility="private")
         camera.stream(on_frame, [camera], [], stream_every=CAMERA_FRAME_SECONDS, concurrency_limit=None,
                       show_progress="hidden", api_visibility="private")
-        trigger.change(follow, None, [chatbot, player, status, last_turn, timeline], trigger_mode="always_last",
-                       concurrency_limit=None, show_progress="hidden", api_visibility="private")
+        trigger.change(follow, None, [chatbot, player, status, last_turn, turn_figures, timeline],
+                       trigger_mode="always_last", concurrency_limit=None, show_progress="hidden", api_visibility="private")
         box.submit(on_send, [box], [box, trigger], concurrency_limit=None, api_name="send")
         stop.click(on_stop, None, [trigger], concurrency_limit=None, api_name="stop")
         clear.click(on_clear, None, [trigger], concurrency_limit=None, api_name="clear")

@@ -17,9 +17,16 @@ import numpy as np
 
 from model import constants as C
 from model.conversation import Part
-from model.engine.events import AnswerDone, AnswerSettings, AudioChunk, ContextTrimmed, TextDelta
+from model.engine.events import (
+    AnswerDone,
+    AnswerSettings,
+    AudioChunk,
+    ContextTrimmed,
+    TextDelta,
+)
 from omni_demo.listener import HeardTurn
-from omni_demo.playback import PlaybackClock, PlayerFeed, samples_seconds
+from omni_demo.playback import PlayerFeed, samples_seconds
+from omni_demo.playout import PlaybackClock, SpeechPace
 from omni_demo.timings import TurnTiming
 
 # When an answer is cut off before its speech was complete, how much of its text was heard is estimated
@@ -76,7 +83,8 @@ class View:
 
 
 class TabView:
-    def __init__(self):
+    def __init__(self, pace: SpeechPace | None = None):
+        self.pace = pace or SpeechPace()  # the server's, shared by its tabs: each answer's is recorded there
         self.lock = threading.RLock()  # `with view.lock:` reads; `with view:` changes
         self._changed = threading.Condition(self.lock)
         self.version = 0
@@ -121,6 +129,7 @@ class TabView:
         with self:
             answer.retracted = answer.stop_requested = True
             answer.feed.stop()
+            answer.clock.stop()
             gone = [answer.message, *(answer.turn.entries if answer.turn is not None else [])]
             self.chat = [m for m in self.chat if not any(m is g for g in gone)]
             self.timings = [t for t in self.timings if t is not answer.timing]  # an answer already finished
@@ -157,8 +166,16 @@ class TabView:
             timing.total = total
             timing.audio_seconds = sum(len(c) for c in answer.chunks) / C.OUTPUT_SAMPLE_RATE
             timing.interrupted = (done is not None and done.interrupted) or answer.stop_requested
-            self.timings.append(timing)
             answer.feed.end()
+            clock = answer.clock
+            clock.end()  # all of the speech has come: the player's plan is final (unless the user cuts in)
+            heard_any = clock.stopped_at is None or (clock.first_start or math.inf) < clock.stopped_at
+            if clock.first_start is not None and timing.first_audio is not None and heard_any:
+                timing.first_audio_played = timing.first_audio + clock.first_start - clock.first_arrival
+                gaps = clock.underruns() if clock.stopped_at is None else []
+                timing.underruns, timing.underrun_seconds = len(gaps), sum(gaps)
+            self.pace.record(clock, complete=not timing.interrupted)
+            self.timings.append(timing)
             answer.speech_complete = done is not None and not done.interrupted and not answer.text_only
             return np.concatenate(answer.chunks) if answer.chunks else None
 

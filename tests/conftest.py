@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's: a real browser without a download
 
 # Tests never reach the hub; a test that tries must fail fast, not hang.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,6 +29,17 @@ def loaded(tiny_dir):
     from model.loading import load_omni
 
     return load_omni(str(tiny_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def playwright():
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail("CI must install Debian's chromium (.ci/run does)")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    api = pytest.importorskip("playwright.sync_api")
+    with api.sync_playwright() as p:
+        yield p
 
 
 @pytest.fixture(scope="session")

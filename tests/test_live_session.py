@@ -13,6 +13,7 @@ from speech import chunks, silence, speech_48k
 
 from model import constants as C
 from model.session import AnswerTurn, LiveTurn, UserTurn
+from omni_demo.capture import MicResampler
 from omni_demo.live import LiveSession
 from omni_demo.view import heard_tokens
 from omni_demo.worker import ModelWorker
@@ -536,6 +537,41 @@ def test_a_pause_inside_a_question_keeps_it_one_turn(loaded, worker, spoken):
     assert prompt == whole.thinker.ids
 
 
+@pytest.mark.parametrize("call_finished", [False, True])
+def test_on_zero_gpu_a_pause_inside_a_question_keeps_it_one_turn(loaded, worker, zero_gpu_calls, call_finished):
+    """The same on ZeroGPU, where the answer is the page's GPU call: speech that resumes while the call runs
+    cuts it short, or, once it has finished (its answer not heard yet), takes its turn and answer back out of
+    the history; the next call gets the whole turn."""
+    import threading
+
+    zero = new_session(loaded, worker, "zero", zero_gpu=True, text_only=True)
+    zero.update(max_new_tokens=8 if call_finished else 400)
+    first = np.concatenate([silence(0.3), speech_48k(), silence(0.7)])
+    assert speak(zero, first) == 1
+    retracted = zero.answer
+    call = threading.Thread(target=lambda: list(zero.follow()))  # the page's event, making the GPU call
+    call.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (retracted.finished if call_finished else len(retracted.tokens) >= 2):
+        time.sleep(0.02)
+    if call_finished:
+        call.join(60)
+        assert kinds(zero.model.history) == ["live", "answer"]  # kept, before the user went on
+    second = np.concatenate([silence(0.2), speech_48k(), silence(1.0)])
+    assert speak(zero, second) == 1
+    call.join(120)
+    assert worker.idle(60)
+    list(zero.follow())  # the continued turn's call
+    assert retracted.retracted and zero.answer is not retracted and zero.answer.done is not None
+    history = zero.model.history
+    assert kinds(history) == ["live", "answer"]  # one turn, one answer
+    assert len(files(zero, "user")) == 1 and len(zero.timings) == 1
+    stream = MicResampler()(48_000, np.concatenate([first, second]))
+    turn = zero.answer.turn
+    np.testing.assert_array_equal(history[0].audio, stream[turn.start : turn.start + len(history[0].audio)])
+    assert len(history[0].audio) > len(speech_48k()) * 2 / 3  # both sentences
+
+
 def test_speech_after_the_answer_began_playing_cuts_in_even_within_the_grace(loaded, worker):
     live = new_session(loaded, worker, continue_seconds=3.0)
     live.update(max_new_tokens=400)
@@ -576,13 +612,13 @@ def test_refused_uploads_show_what_was_sent_and_each_error_apart(loaded, worker,
 
 
 def test_an_answer_cut_off_before_any_was_heard_keeps_no_clip(loaded, worker):
-    from omni_demo.playback import PlaybackClock
+    from omni_demo.playout import Pace, PlaybackClock
 
     live = new_session(loaded, worker)
     live.update(max_new_tokens=400)
     live.send("Tell me a long story.", [])
-    with live.view:
-        live.answer.clock = PlaybackClock(lead=30.0)  # a player slow to start (its first speech is 24 codes away)
+    with live.view:  # a player holding the speech back (as if it were made far slower than it plays)
+        live.answer.clock = PlaybackClock(Pace(rate=0.01, length=60.0))
     deadline = time.monotonic() + 120
     while not live.answer.chunks and time.monotonic() < deadline:  # its first speech is on its way
         time.sleep(0.01)
@@ -622,3 +658,27 @@ def test_follow_never_misses_the_last_view(loaded, worker):
     views = list(live.follow(poll_seconds=0.05))
     finisher[0].join(5)
     assert answer.finished and views[-1].status != "💭 Answering…"
+
+
+def test_each_answer_is_played_by_the_pace_of_the_last_ones_and_reports_when_it_played(loaded, worker):
+    """The page's player and the server's copy of it plan each answer with the same numbers: the pace of the
+    answers before, sent in the feed's header. The figures say when the first audio played by that plan."""
+    live = new_session(loaded, worker)
+    live.update(max_new_tokens=64)  # several chunks: a pace can be measured
+    live.send("Hello.", [])
+    finish(live, worker)
+    first = live.answer
+    assert first.feed.pace is None and first.clock.pace is None  # the server's first answer: nothing known
+    assert first.clock.measured_rate() is not None and len(first.chunks) >= 2
+    timing = live.timings[-1]
+    assert timing.first_audio_played == pytest.approx(
+        timing.first_audio + first.clock.first_start - first.clock.first_arrival)
+    assert timing.first_audio_played >= timing.first_audio
+    live.send("Again.", [])
+    finish(live, worker)
+    second = live.answer
+    pace = second.feed.pace
+    assert pace is not None and second.clock.pace == pace
+    assert second.feed.value().startswith(f"answer {second.feed.answer_id} pace {pace.rate:.4f} {pace.length:.3f}\n")
+    assert pace.rate == pytest.approx(first.clock.measured_rate(), abs=1e-4)
+    assert pace.length == pytest.approx(first.clock.produced, abs=1e-3)

@@ -1,4 +1,4 @@
-"""The player's feed and the server's copy of its clock."""
+"""The player's feed, and how much of a cut-off answer was heard."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import base64
 import numpy as np
 import pytest
 
-from omni_demo.playback import FEED_LINES, PlaybackClock, PlayerFeed, pcm16
+from omni_demo.playback import FEED_LINES, PlayerFeed, pcm16
 from omni_demo.view import Answer, heard_tokens
 from omni_demo.timings import TurnTiming
 
@@ -53,19 +53,6 @@ def test_an_update_costs_the_same_however_long_the_answer():
     assert taken == list(range(40 * FEED_LINES))
 
 
-def test_clock_schedules_gap_free_and_counts_what_was_heard():
-    clock = PlaybackClock(lead=0.05)
-    clock.add(0.5, arrived=10.0)  # plays 10.05 .. 10.55
-    clock.add(0.5, arrived=10.1)  # queued behind it: 10.55 .. 11.05
-    clock.add(0.5, arrived=12.0)  # the player ran dry: 12.05 .. 12.55
-    assert clock.heard(10.05) == 0.0
-    assert clock.heard(10.80) == pytest.approx(0.75)
-    assert clock.heard(12.30) == pytest.approx(1.25)
-    assert clock.playing_until() == pytest.approx(12.55)
-    assert clock.stop(at=11.0) == pytest.approx(0.95)
-    assert clock.heard(20.0) == pytest.approx(0.95) and clock.playing_until() == 0.0
-
-
 def answer(tokens: int, audio_seconds: float, complete: bool, text_only: bool = False) -> Answer:
     from model.session import AnswerSettings
 
@@ -81,12 +68,3 @@ def test_heard_tokens():
     assert heard_tokens(answer(40, 3.0, False), 2.0) == 6  # speech unfinished: a speaking rate's worth
     assert heard_tokens(answer(40, 0.0, False, text_only=True), 0.0) == 40  # text was read, not heard
     assert pcm16(np.array([2.0], np.float32)).hex() == "ff7f"  # clipped, not wrapped
-
-
-def test_no_real_time_factor_for_less_than_a_second_of_speech():
-    from omni_demo.timings import summary
-
-    stopped = TurnTiming(2, "voice", 0.0, total=4.48, audio_seconds=0.04, interrupted=True)
-    assert stopped.real_time_factor is None and "real-time factor **–**" in summary(stopped)
-    spoken = TurnTiming(3, "voice", 0.0, total=3.0, audio_seconds=6.0)
-    assert spoken.real_time_factor == pytest.approx(0.5)
