@@ -164,12 +164,14 @@ def old_rule_underruns(arrivals: list[list[float]]) -> list[float]:
     return gaps
 
 
-def test_a_long_answer_made_slower_than_it_plays_plays_without_gaps(playwright, server):
-    """On the tiny model on a CPU speech is made at about half the speed it plays. The player holds the first
-    chunk until, at the pace measured, playback will not run dry, says so on the page, and then plays the
-    whole answer without a gap. The same question twice (a fixed seed): the second is planned with the
-    first one's pace and length, as a conversation's answers are with the last ones'."""
-    browser, page = open_page(playwright, server, max_tokens=128)
+def test_speech_made_slower_than_it_plays_plays_without_gaps(playwright, server):
+    """On the tiny model on a CPU speech is made at a quarter to a half of the speed it plays: played as it
+    comes, it has gaps. The player holds the first chunk until, at the pace measured, playback will not run
+    dry, says so on the page, and then plays the whole answer without a gap. The same question twice (a
+    fixed seed): the second is planned with the first one's pace and length, as a conversation's answers
+    are with the last ones'."""
+    # Short enough that the hold it needs stays under the 15 s cap even at a fifth of real time (CI).
+    browser, page = open_page(playwright, server, max_tokens=64)
     try:
         page.locator("#seed").locator("input, textarea").first.fill("11")
         page.keyboard.press("Tab")
@@ -184,10 +186,16 @@ def test_a_long_answer_made_slower_than_it_plays_plays_without_gaps(playwright, 
                     break
                 page.wait_for_timeout(100)
             (figures,) = timeline(page)  # the server's, for this answer: its copy of the rule
+            # The chart draws the turn's stages as coloured bars, named in its legend.
+            bars = page.evaluate("() => [...document.querySelectorAll('#timeline-plot [aria-roledescription=bar]')]"
+                                 ".map(bar => [bar.getAttribute('aria-label'), bar.getAttribute('fill')])")
+            drawn = {label.split("stage: ")[1] for label, fill in bars if fill}
+            assert {"to first text", "to first audio", "speaking"} <= drawn
+            assert "held for smooth playback" in page.inner_text("#timeline-plot")
             page.click("#clear")
             page.wait_for_timeout(500)
         first, second = state["answers"][:2]
-        assert second["chunks"] >= 4 and second["stoppedAt"] is None
+        assert second["chunks"] >= 3 and second["stoppedAt"] is None
         made_gaps = old_rule_underruns(second["arrivals"])
         arrived = second["arrivals"]
         rate = sum(seconds for _, seconds in arrived[1:]) / (arrived[-1][0] - arrived[0][0])
@@ -196,8 +204,8 @@ def test_a_long_answer_made_slower_than_it_plays_plays_without_gaps(playwright, 
               f"underruns: {second['underruns']} now, {len(made_gaps)} ({sum(made_gaps):.2f} s) by the old rule; "
               f"first answer: {first['underruns']} underruns")
         assert second["underruns"] == 0 and second["underrunSeconds"] == 0
-        if rate < 1:  # slower than real time (a CPU): held, and the page said so
-            assert held > 0.5 and "buffering" in states
+        if rate < 1:  # slower than real time (a CPU): held, and the page said so; playing on arrival had gaps
+            assert held > 0.5 and "buffering" in states and made_gaps
         # The server planned the same: what it reports as first audio played is what the browser played.
         assert figures["underruns"] == 0
         played_in_browser = second["firstStart"] / 1000 - figures["turn_end_wall"]
