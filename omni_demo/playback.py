@@ -6,7 +6,8 @@ feed, one numbered line per event:
 
     answer 7 pace 0.41 5.12    the header: a new answer (the script resets when the id changes), and the
                                pace of the last answers (speech made per second, seconds per answer), if any
-    0 pcm UklGRi...            24 kHz mono int16 little-endian, base64
+    0 pcm 0 UklGRi...          made 0 ms after the answer's first chunk; 24 kHz mono int16 little-endian,
+                               base64
     1 stop                     stop playing now (barge-in, Stop button)
     2 end                      the answer's audio is complete
 
@@ -63,9 +64,10 @@ class PlayerFeed:
         pace = "" if self.pace is None else f" pace {self.pace.rate:.4f} {self.pace.length:.3f}"
         return f"answer {self.answer_id}{pace}\n" + "".join(self._kept)
 
-    def add(self, samples: np.ndarray) -> None:
+    def add(self, samples: np.ndarray, made: float) -> None:
+        """A chunk, made `made` seconds after the answer's first (the page measures the pace on these)."""
         if not self.stopped:
-            self._write("pcm " + base64.b64encode(pcm16(samples)).decode("ascii"))
+            self._write(f"pcm {round(made * 1000)} " + base64.b64encode(pcm16(samples)).decode("ascii"))
 
     def stop(self) -> None:
         if not self.stopped:

@@ -22,14 +22,12 @@ class PlaybackClock {
     this.starts = [];  // when each starts; a held run's move until it starts (Infinity: unknown yet)
     this.runs = [];    // the index of each run's first chunk
     this.runArrival = 0;
-    this.firstArrival = null;
-    this.lastArrival = null;
+    this.made = [];    // when each chunk was made: seconds after the first (the feed says)
     this.produced = 0;
   }
 
-  add(seconds, now) {
-    if (this.firstArrival === null) this.firstArrival = now;
-    this.lastArrival = now;
+  add(seconds, now, made) {
+    this.made.push(made);
     this.produced += seconds;
     const end = this.end_();
     this.chunks.push(seconds);
@@ -61,8 +59,9 @@ class PlaybackClock {
   }
 
   measuredRate() {
-    if (this.chunks.length < 2 || this.lastArrival <= this.firstArrival) return null;
-    return (this.produced - this.chunks[0]) / (this.lastArrival - this.firstArrival);
+    const made = this.made[this.made.length - 1];
+    if (this.chunks.length < 2 || made <= 0) return null;
+    return (this.produced - this.chunks[0]) / made;
   }
 
   end_() {
@@ -228,10 +227,11 @@ function read() {
     player.nextLine = number + 1;
     const line = value.slice(space + 1, end);
     if (line.startsWith("pcm ") && answer.stoppedAt === null) {
-      const { buffer, energy } = decode(line.slice(4));
+      const made = line.indexOf(" ", 4);  // "pcm <ms after the first chunk was made> <base64>"
+      const { buffer, energy } = decode(line.slice(made + 1));
       player.buffers.push(buffer);
       const at = now();
-      player.clock.add(buffer.duration, at);
+      player.clock.add(buffer.duration, at, parseInt(line.slice(4, made), 10) / 1000);
       answer.arrivals.push([at, buffer.duration]);
       if (answer.firstArrival === null) answer.firstArrival = Date.now();
       answer.chunks += 1;

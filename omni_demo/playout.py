@@ -10,9 +10,12 @@ enough that, at the pace measured, it will not run dry:
   run starts at `S = now + to_come / rate - (to_play - last_chunk)`: by the time playback reaches the
   answer's last chunk, production will have made it.
     - `rate`: seconds of speech made per second, measured on this answer from its second chunk on, else the
-      pace of the last answers; times `SAFETY` (production slows down now and then).
+      pace of the last answers; times `SAFETY` (production slows down now and then). It is measured on when
+      the server *made* each chunk (the feed says so, in milliseconds after the first), not on when the page
+      got it: two chunks that reach the page together were not made in no time.
     - `to_come`: speech still to be made, `to_play`: speech from the run's start to the end, both from the
-      expected length of the answer: the last answers', or twice what has come once it is longer than them.
+      expected length of the answer: the longest of the last answers', or twice what has come once it is
+      longer than that.
   At a rate of 1 or more the run starts at once. With no measure at all (the server's first answer) it waits
   for the second chunk. The answer's end starts a held run at once; no run is held over `MAX_HOLD_SECONDS`.
 * Each chunk that comes while a run is held plans its start again, with the newer measure.
@@ -32,7 +35,9 @@ from dataclasses import dataclass
 
 LEAD_SECONDS = 0.05  # a run starts at least this long after its chunk arrives (the page's scheduling margin)
 SAFETY = 0.85  # the rate is taken this much lower than measured
-MAX_HOLD_SECONDS = 15.0
+# A bound for a pace misjudged, not for a slow machine: speech made at a fifth of real time needs 4 s of hold
+# per second of answer, and a gap-free start is worth the wait.
+MAX_HOLD_SECONDS = 30.0
 DEFAULT_ANSWER_SECONDS = 6.0  # the expected length of an answer's speech before any answer was measured
 PACE_ANSWERS = 3  # the last answers the pace is taken from
 
@@ -42,7 +47,7 @@ class Pace:
     """How fast speech was made lately, and how long answers were: the rule's prior, sent to the page."""
 
     rate: float  # seconds of speech per second of production
-    length: float  # seconds of speech in an answer
+    length: float  # seconds of speech in the longest of the last answers
 
 
 class SpeechPace:
@@ -57,9 +62,11 @@ class SpeechPace:
         with self._lock:
             if not self._rates:
                 return None
-            lengths = self._lengths or [DEFAULT_ANSWER_SECONDS]
+            # The longest of the last answers: a shorter one only starts when it ends (the end starts a held
+            # run), a longer one than expected would run dry.
+            length = max(self._lengths, default=DEFAULT_ANSWER_SECONDS)
             # Rounded as the page's feed gives them, so the page and the server plan with the same numbers.
-            return Pace(round(sum(self._rates) / len(self._rates), 4), round(sum(lengths) / len(lengths), 3))
+            return Pace(round(sum(self._rates) / len(self._rates), 4), round(length, 3))
 
     def record(self, clock: PlaybackClock, complete: bool) -> None:
         """An answer's speech has all been made (`complete`: not cut short, so its length counts too)."""
@@ -97,28 +104,32 @@ class PlaybackClock:
         self.runs: list[int] = []  # the index of each run's first chunk
         self.run_arrival = 0.0  # when the last run's first chunk came
         self.first_arrival: float | None = None
-        self.last_arrival: float | None = None
+        self.made: list[float] = []  # when each chunk was made: seconds after the first, to the millisecond
         self.produced = 0.0
         self.stopped_at: float | None = None
 
     # ------------------------------------------------------------------ what happens
 
-    def add(self, seconds: float, arrived: float | None = None) -> None:
+    def add(self, seconds: float, arrived: float | None = None) -> float:
+        """A chunk made (on the server: it is made as it arrives). Returns when it was made, as the feed
+        tells the page."""
         now = time.monotonic() if arrived is None else arrived
         if self.first_arrival is None:
             self.first_arrival = now
-        self.last_arrival = now
+        made = round(now - self.first_arrival, 3)
+        self.made.append(made)
         self.produced += seconds
         end = self._end()
         self.chunks.append(seconds)
         if self.runs and self.starts[self.runs[-1]] <= now and end >= now + LEAD_SECONDS:
             self.starts.append(end)  # playing: straight after
-            return
+            return made
         if not self.runs or self.starts[self.runs[-1]] <= now:  # silent: a new run
             self.runs.append(len(self.chunks) - 1)
             self.run_arrival = now
         self.starts.append(math.inf)
         self._place(self._planned(now, seconds))
+        return made
 
     def end(self, at: float | None = None) -> None:
         """All of the answer's speech has come: a run still held starts now."""
@@ -160,10 +171,10 @@ class PlaybackClock:
         return [self.starts[first] - self.starts[first - 1] - self.chunks[first - 1] for first in self.runs[1:]]
 
     def measured_rate(self) -> float | None:
-        """Seconds of speech made per second after the first chunk came (from the second chunk on)."""
-        if len(self.chunks) < 2 or self.last_arrival <= self.first_arrival:
+        """Seconds of speech made per second after the first chunk was made (from the second chunk on)."""
+        if len(self.chunks) < 2 or self.made[-1] <= 0:
             return None
-        return (self.produced - self.chunks[0]) / (self.last_arrival - self.first_arrival)
+        return (self.produced - self.chunks[0]) / self.made[-1]
 
     # ------------------------------------------------------------------ the rule
 

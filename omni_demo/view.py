@@ -146,8 +146,8 @@ class TabView:
                 answer.message["content"] = answer.text
                 timing.first_text = timing.first_text if timing.first_text is not None else elapsed
             elif isinstance(event, AudioChunk):
-                answer.feed.add(event.samples)
-                answer.clock.add(samples_seconds(event.samples))
+                made = answer.clock.add(samples_seconds(event.samples))
+                answer.feed.add(event.samples, made)
                 answer.chunks.append(event.samples)
                 timing.first_audio = timing.first_audio if timing.first_audio is not None else elapsed
             elif isinstance(event, ContextTrimmed):

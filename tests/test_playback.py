@@ -22,13 +22,14 @@ def test_feed_lines_are_numbered_and_decode_to_the_samples():
     feed = PlayerFeed(3)
     samples = np.array([0.0, 0.5, -0.5, 1.0, -1.0], np.float32)
     before = feed.value()
-    feed.add(samples)
+    feed.add(samples, made=1.25)
     assert feed.value().startswith(before)  # Gradio sends an "append" diff, never the whole text again
     (number, line), = numbered(feed.value())
-    pcm = np.frombuffer(base64.b64decode(line.removeprefix("pcm ")), "<i2")
+    assert line.startswith("pcm 1250 ")  # made 1.25 s after the answer's first chunk
+    pcm = np.frombuffer(base64.b64decode(line.removeprefix("pcm 1250 ")), "<i2")
     np.testing.assert_array_equal(pcm, [0, 16384, -16384, 32767, -32768])
     feed.stop()
-    feed.add(samples)  # nothing is played after a stop
+    feed.add(samples, made=1.5)  # nothing is played after a stop
     feed.end()
     assert numbered(feed.value()) == [(0, line), (1, "stop")]
 
@@ -40,7 +41,7 @@ def test_an_update_costs_the_same_however_long_the_answer():
     chunk = np.zeros(2400, np.float32)  # 0.1 s of speech a line
     sizes, counts, seen, taken = [], [], [], []
     for i in range(40 * FEED_LINES):
-        feed.add(chunk)
+        feed.add(chunk, made=i * 0.1)
         value = feed.value()
         sizes.append(len(value))
         counts.append(value.count("\n") - 1)
@@ -48,7 +49,7 @@ def test_an_update_costs_the_same_however_long_the_answer():
             lines = numbered(value)
             taken += [n for n, _ in lines if n >= len(taken)]
         seen.append(value)
-    assert max(sizes) <= 2 * FEED_LINES * (len(numbered(seen[0])[0][1]) + 8) + 20
+    assert max(sizes) <= 2 * FEED_LINES * (len(numbered(seen[0])[0][1]) + 16) + 20  # + digits of numbers, times
     assert max(counts) == 2 * FEED_LINES  # the same lines at most, at the answer's start and at its end
     assert taken == list(range(40 * FEED_LINES))
 

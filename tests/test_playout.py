@@ -109,6 +109,8 @@ def test_the_pace_is_the_last_answers_and_a_cut_answer_gives_no_length():
     current = pace.current()
     assert current.rate == pytest.approx((0.5 + 0.25) / 2, abs=1e-4)
     assert current.length == pytest.approx(0.28 + 4 * 0.48, abs=1e-3)
+    pace.record(play(steady(0.5, 2), None), complete=True)  # a shorter one: the longest is expected
+    assert pace.current().length == pytest.approx(0.28 + 4 * 0.48, abs=1e-3)
 
 
 # ------------------------------------------------------------------ the page's copy of the rule
@@ -147,12 +149,32 @@ def test_the_page_plans_every_chunk_where_the_server_does(page, pace, gaps, ends
     theirs = page.evaluate(
         """([pace, arrivals, ends]) => {
             const clock = new window.omniPlayer.PlaybackClock(pace);
-            for (const [at, seconds] of arrivals) clock.add(seconds, at);
+            for (const [at, seconds, made] of arrivals) clock.add(seconds, at, made);
             if (ends) clock.end(arrivals[arrivals.length - 1][0]);
             return JSON.stringify({starts: clock.starts.map(String), runs: clock.runs});
         }""",
-        [None if pace is None else {"rate": pace.rate, "length": pace.length}, arrivals, ends],
+        # The page gets when each chunk was made from the feed: the server's figure, in milliseconds.
+        [None if pace is None else {"rate": pace.rate, "length": pace.length},
+         [(at, seconds, made) for (at, seconds), made in zip(arrivals, clock.made)], ends],
     )
     theirs = json.loads(theirs)
     assert theirs["runs"] == clock.runs
     assert [float(s) for s in theirs["starts"]] == pytest.approx(clock.starts, abs=1e-9)
+
+
+def test_the_page_measures_the_pace_on_when_chunks_were_made_not_when_they_came(page):
+    """Two chunks that reach the page together (a delayed update) were not made in no time: the page holds
+    the speech as the server's clock, which saw them made 1.2 s apart, does."""
+    server = PlaybackClock(pace=None)
+    server.add(0.28, arrived=10.0)
+    server.add(0.48, arrived=11.2)  # made at 0.4x real time
+    starts = page.evaluate(
+        """() => {
+            const clock = new window.omniPlayer.PlaybackClock(null);
+            clock.add(0.28, 20.0, 0.0);
+            clock.add(0.48, 20.01, 1.2);  // came 10 ms after the first, made 1.2 s after it
+            return clock.starts;
+        }"""
+    )
+    assert starts[0] - 20.0 == pytest.approx(server.first_start - 11.2 + 0.01, abs=1e-9)
+    assert starts[0] > 20.01 + 1.0  # held, not started at once
