@@ -5,11 +5,10 @@ from __future__ import annotations
 import base64
 
 import numpy as np
-import pytest
 
 from omni_demo.playback import FEED_LINES, PlayerFeed, pcm16
-from omni_demo.view import Answer, heard_tokens
 from omni_demo.timings import TurnTiming
+from omni_demo.view import Answer, heard_tokens
 
 
 def numbered(value: str) -> list[tuple[int, str]]:
