@@ -144,10 +144,6 @@ class PlaybackClock:
 
     # ------------------------------------------------------------------ what it means
 
-    @property
-    def total(self) -> float:
-        return sum(self.chunks)
-
     def heard(self, at: float | None = None) -> float:
         at = time.monotonic() if at is None else at
         if self.stopped_at is not None:

@@ -169,9 +169,10 @@ class TabView:
             answer.feed.end()
             clock = answer.clock
             clock.end()  # all of the speech has come: the player's plan is final (unless the user cuts in)
-            heard_any = clock.stopped_at is None or (clock.first_start or math.inf) < clock.stopped_at
-            if clock.first_start is not None and timing.first_audio is not None and heard_any:
-                timing.first_audio_played = timing.first_audio + clock.first_start - clock.first_arrival
+            start = clock.first_start
+            played = start is not None and (clock.stopped_at is None or start < clock.stopped_at)  # not cut first
+            if played and timing.first_audio is not None:
+                timing.first_audio_played = timing.first_audio + start - clock.first_arrival
                 gaps = clock.underruns() if clock.stopped_at is None else []
                 timing.underruns, timing.underrun_seconds = len(gaps), sum(gaps)
             self.pace.record(clock, complete=not timing.interrupted)
