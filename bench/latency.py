@@ -30,6 +30,7 @@ from model import cases
 from model import constants as C
 from model.conversation import Audio, Video
 from model.media import load_audio, load_video
+from model.engine.events import AnswerSettings
 from model.engine.token2wav_stream import ODE_TIME_POINTS, SOLVERS
 
 WARMUP_TOKENS, WARMUP_CODES = 4, 40  # enough for every stage to run once (one token2wav chunk)
@@ -46,8 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--video", action="store_true", help=f"ask with {cases.VIDEO_WITH_SOUND.name} (2 fps frames and its sound)")
     parser.add_argument("--solver", choices=SOLVERS, default="rk4", help="the engine's token2wav ODE solver")
     parser.add_argument("--ode-steps", type=int, default=ODE_TIME_POINTS, help="the engine's ODE time points")
-    parser.add_argument("--first-chunk-frames", type=int, default=48, help="the engine's first token2wav chunk (mel frames, multiple of 24)")
-    parser.add_argument("--chunk-frames", type=int, default=48, help="the engine's later token2wav chunks (mel frames, multiple of 24)")
+    defaults = AnswerSettings()
+    parser.add_argument("--first-chunk-frames", type=int, default=defaults.first_chunk_frames, help="the engine's first token2wav chunk (mel frames, multiple of 24)")
+    parser.add_argument("--chunk-frames", type=int, default=defaults.chunk_frames, help="the engine's second token2wav chunk; later ones double (mel frames, multiple of 24)")
+    parser.add_argument("--max-chunk-frames", type=int, default=defaults.max_chunk_frames, help="where the engine's chunks stop doubling")
+    parser.add_argument("--speech-thread", choices=("auto", "on", "off"), default="auto", help="token2wav on its own thread (auto: on CUDA only)")
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS), help="reference is always measured")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--no-warmup", action="store_true", help="skip the short untimed answer of each system first")
@@ -73,6 +77,8 @@ def make_scenario(args) -> Scenario:
         num_steps=args.ode_steps,
         first_chunk_frames=args.first_chunk_frames,
         chunk_frames=args.chunk_frames,
+        max_chunk_frames=args.max_chunk_frames,
+        speech_thread={"auto": None, "on": True, "off": False}[args.speech_thread],
     )
 
 

@@ -12,13 +12,16 @@ from dataclasses import dataclass
 
 import torch
 
-# Stage name -> module path in Qwen2_5OmniForConditionalGeneration, in pipeline order.
+# Stage name -> module path in Qwen2_5OmniForConditionalGeneration, in pipeline order; or the paths of the
+# first and last module a call runs, where the engine runs the stage's parts rather than its forward (a DiT
+# pass: model/engine/dit_window.py).
+DIT = "token2wav.code2wav_dit_model"
 STAGES = {
     "audio encoder": "thinker.model.audio_tower",
     "vision encoder": "thinker.model.visual",
     "thinker": "thinker.model.language_model",
     "talker": "talker.model",
-    "DiT": "token2wav.code2wav_dit_model",
+    "DiT": (f"{DIT}.time_embed", f"{DIT}.proj_out"),
     "BigVGAN": "token2wav.code2wav_bigvgan_model",
 }
 DECODERS = ("thinker", "talker")
@@ -59,7 +62,7 @@ class StageRecorder:
 
     def __enter__(self) -> StageRecorder:
         for stage, path in STAGES.items():
-            module = self.model.get_submodule(path)
+            first, last = (path, path) if isinstance(path, str) else path
 
             def before(module, args, kwargs, stage=stage):
                 positions = _positions(args, kwargs) if stage in DECODERS else 0
@@ -69,8 +72,8 @@ class StageRecorder:
                 start, positions = self._open[stage].pop()
                 self.spans.append(Span(stage, start, self._now(), positions))
 
-            self._handles.append(module.register_forward_pre_hook(before, with_kwargs=True))
-            self._handles.append(module.register_forward_hook(after, with_kwargs=True))
+            self._handles.append(self.model.get_submodule(first).register_forward_pre_hook(before, with_kwargs=True))
+            self._handles.append(self.model.get_submodule(last).register_forward_hook(after, with_kwargs=True))
         return self
 
     def __exit__(self, *exc) -> None:

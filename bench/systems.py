@@ -41,8 +41,10 @@ class Scenario:
     voice: str = "Chelsie"
     solver: str = "rk4"
     num_steps: int = ODE_TIME_POINTS
-    first_chunk_frames: int = 48
-    chunk_frames: int = 48
+    first_chunk_frames: int = AnswerSettings.first_chunk_frames  # the engine's defaults
+    chunk_frames: int = AnswerSettings.chunk_frames
+    max_chunk_frames: int = AnswerSettings.max_chunk_frames
+    speech_thread: bool | None = None  # token2wav on its own thread (None: the engine's choice)
     seed: int = 0  # fixes token2wav's noise; decoding is greedy, so the runs repeat exactly
 
     def describe(self) -> dict:
@@ -58,6 +60,8 @@ class Scenario:
             "engine_ode_time_points": self.num_steps,
             "engine_first_chunk_frames": self.first_chunk_frames,
             "engine_chunk_frames": self.chunk_frames,
+            "engine_max_chunk_frames": self.max_chunk_frames,
+            "engine_speech_thread": self.speech_thread,
             "decoding": "greedy thinker, greedy talker with its repetition penalty",
         }
 
@@ -73,6 +77,8 @@ class Scenario:
             noise_seed=self.seed,
             first_chunk_frames=self.first_chunk_frames,
             chunk_frames=self.chunk_frames,
+            max_chunk_frames=self.max_chunk_frames,
+            speech_thread=self.speech_thread,
             solver=self.solver,
             num_steps=self.num_steps,
         )

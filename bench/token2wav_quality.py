@@ -36,10 +36,14 @@ class Variant:
     num_steps: int  # ODE time points
     first_chunk_frames: int
     chunk_frames: int = 48
+    max_chunk_frames: int | None = None  # later chunks double up to it (None: all chunk_frames)
 
     @property
     def name(self) -> str:
-        return f"{self.solver} {self.num_steps} pts, chunks {self.first_chunk_frames}/{self.chunk_frames}"
+        sizes = f"{self.first_chunk_frames}/{self.chunk_frames}"
+        if self.max_chunk_frames and self.max_chunk_frames > self.chunk_frames:
+            sizes += f" doubling to {self.max_chunk_frames}"
+        return f"{self.solver} {self.num_steps} pts, chunks {sizes}"
 
     @property
     def passes_per_window(self) -> int:
@@ -53,6 +57,9 @@ VARIANTS = [
     Variant("rk4", 10, 24),
     Variant("rk4", 10, 48, 96),  # fewer, longer later windows: less overlap per second of speech
     Variant("rk4", 10, 24, 96),
+    Variant("rk4", 10, 24, 48, 96),  # chunks that grow: 24, 48, 96, 96, ...
+    Variant("rk4", 10, 24, 48, 192),
+    Variant("rk4", 10, 24, 48, 384),
     Variant("rk4", 6, 48),
     Variant("euler", 10, 48),
     Variant("euler", 10, 24),
@@ -77,6 +84,7 @@ def stream(token2wav, voice, codes: list[int], noise: torch.Tensor, variant: Var
         voice,
         first_chunk_frames=variant.first_chunk_frames,
         chunk_frames=variant.chunk_frames,
+        max_chunk_frames=variant.max_chunk_frames,
         solver=variant.solver,
         num_steps=variant.num_steps,
         noise=noise,
@@ -86,12 +94,12 @@ def stream(token2wav, voice, codes: list[int], noise: torch.Tensor, variant: Var
     # (on a GPU the DiT's cost grows with it; on the tiny CPU model each pass's fixed cost weighs more).
     dit_frames = [0]
 
-    def count(module, args, kwargs):
-        dit_frames[0] += kwargs["hidden_states"].shape[1]
+    def count(module, args):  # the DiT's input projection: once per pass, over the window's frames
+        dit_frames[0] += args[0].shape[1]
 
     hooks = [
         decoder.vocoder.register_forward_pre_hook(lambda module, args: vocoder_inputs.append(args[0])),
-        decoder.dit.register_forward_pre_hook(count, with_kwargs=True),
+        decoder.dit.input_embed.proj.register_forward_pre_hook(count),
     ]
     chunks, seconds, first = [], 0.0, None
     try:
@@ -149,6 +157,7 @@ def measure(loaded, n_codes: int, seed: int, variants: list[Variant], voice_name
             "ode_time_points": variant.num_steps,
             "first_chunk_frames": variant.first_chunk_frames,
             "chunk_frames": variant.chunk_frames,
+            "max_chunk_frames": variant.max_chunk_frames or variant.chunk_frames,
             "dit_passes_per_window": variant.passes_per_window,
             "mel_relative_l2": relative_l2(out["mel"].cpu(), reference_mel.cpu()),
             "waveform_snr_db": snr_db(out["waveform"], reference_wave),

@@ -48,7 +48,6 @@ from omni_demo.view import Answer, TabView, View
 from omni_demo.worker import ModelWorker
 
 THUMBNAIL_SIZE = (160, 120)
-FIRST_CHUNK_MEL_FRAMES = 24  # one DiT block
 # A confirmed turn is handed to the model in pieces of at least this much audio: often enough that a window
 # is prefilled soon after it is settled, seldom enough that the jobs cost nothing.
 FEED_SECONDS = 0.5
@@ -81,10 +80,6 @@ class ChatSettings:
             thinker=thinker,
             seed=self.seed,
             noise_seed=self.seed,
-            # The first speech after 24 codes instead of 36, with a third less DiT work for it; its audio is
-            # within the tolerance measured in docs/performance.md (the engine's default keeps 48 frames,
-            # which decodes a short answer exactly as transformers does).
-            first_chunk_frames=FIRST_CHUNK_MEL_FRAMES,
         )
 
 

@@ -58,13 +58,16 @@ def random_codes(n: int, seed: int = 0) -> list[int]:
     return torch.randint(0, 8193, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-def expected_chunks(n_codes: int, first: int = 48, chunk: int = 48) -> list[tuple[int, int, int, int, bool]]:
-    """(window start, window end, chunk start, chunk end, last) in mel frames, from streaming.md's rule."""
+def expected_chunks(
+    n_codes: int, first: int = 48, chunk: int = 48, largest: int | None = None
+) -> list[tuple[int, int, int, int, bool]]:
+    """(window start, window end, chunk start, chunk end, last) in mel frames, from streaming.md's rule; chunks
+    after the second double until `largest`."""
     total = 2 * n_codes
-    chunks, start, size = [], 0, first
+    chunks, start, size, next_size = [], 0, first, chunk
     while start + size + AHEAD <= total:
         chunks.append((max(0, start - PAST), start + size + AHEAD, start, start + size, False))
-        start, size = start + size, chunk
+        start, size, next_size = start + size, next_size, min(2 * next_size, largest or chunk)
     chunks.append((max(0, start - PAST), total, start, total, True))
     return chunks
 
@@ -83,7 +86,9 @@ def stream_all(stream: StreamingToken2Wav, codes: list[int], step: int = 1) -> t
 # --- the zero-velocity stand-in ---------------------------------------------------------------------------
 
 
-class ZeroVelocityDiT(torch.nn.Module):
+class StandInDiT(torch.nn.Module):
+    """The DiT's shape only: the stand-in solver below does its work."""
+
     def __init__(self):
         super().__init__()
         self.config = SimpleNamespace(
@@ -96,13 +101,19 @@ class ZeroVelocityDiT(torch.nn.Module):
             max_position_embeddings=32768,
         )
         self.device_anchor = torch.nn.Parameter(torch.zeros(1))
-        self.windows: list[tuple[int, int]] = []  # (first, end) mel frame of each pass, read from its codes
 
-    def forward(self, hidden_states, quantized_code, apply_cfg=True, **kwargs):
-        codes = quantized_code[0].tolist()  # the tests feed code k = k, so codes say where the window is
+
+class ZeroVelocitySolver:
+    """A window solve whose velocity is zero: the mel is the window's starting noise."""
+
+    def __init__(self):
+        self.windows: list[tuple[int, int]] = []  # (first, end) mel frame of each window, read from its codes
+
+    def __call__(self, codes, noise):
+        codes = [int(code) for code in codes]  # the tests feed code k = k, so codes say where the window is
         assert codes == list(range(codes[0], codes[0] + len(codes)))
         self.windows.append((2 * codes[0], 2 * (codes[-1] + 1)))
-        return torch.zeros(hidden_states.shape[0] * (2 if apply_cfg else 1), *hidden_states.shape[1:])
+        return noise.permute(0, 2, 1)
 
 
 class FrameIndexVocoder(torch.nn.Module):
@@ -116,7 +127,7 @@ class FrameIndexVocoder(torch.nn.Module):
 class StandIn(torch.nn.Module):
     def __init__(self):
         super().__init__()
-        self.code2wav_dit_model = ZeroVelocityDiT()
+        self.code2wav_dit_model = StandInDiT()
         self.code2wav_bigvgan_model = FrameIndexVocoder()
 
 
@@ -254,27 +265,29 @@ def test_stream_is_windowed_solves_and_trimmed_vocoding(token2wav, voice, stream
 
 # --- 3. length and continuity ------------------------------------------------------------------------------
 
-CODE_COUNTS = [10, 36, 37, 60, 100, 150]
+CODE_COUNTS = [10, 36, 37, 60, 100, 150, 400]
 
 
-@pytest.mark.parametrize("first, chunk", [(48, 48), (24, 72), (96, 48)])
+@pytest.mark.parametrize("first, chunk, largest", [(48, 48, None), (24, 72, None), (96, 48, None), (24, 48, 192)])
 @pytest.mark.parametrize("step", [1, 5, 1000])
-def test_every_sample_once_in_order(first, chunk, step):
+def test_every_sample_once_in_order(first, chunk, largest, step):
     for n in CODE_COUNTS:
-        stand_in = StandIn()
+        solver = ZeroVelocitySolver()
         stream = StreamingToken2Wav(
-            stand_in,
+            StandIn(),
             STAND_IN_VOICE,
+            mel_solver=solver,
             first_chunk_frames=first,
             chunk_frames=chunk,
+            max_chunk_frames=largest,
             noise=frame_index_noise(2 * n),
             **FAST,
         )
         chunks, _ = stream_all(stream, list(range(n)), step)
         audio = np.concatenate(chunks)
         np.testing.assert_array_equal(audio, np.arange(2 * n * SAMPLES_PER_FRAME, dtype=np.float32))
-        expected = expected_chunks(n, first, chunk)
-        assert stand_in.code2wav_dit_model.windows == [(ws, we) for ws, we, *_ in expected]
+        expected = expected_chunks(n, first, chunk, largest)
+        assert solver.windows == [(ws, we) for ws, we, *_ in expected]
         assert all(ws % BLOCK == 0 for ws, *_ in expected)
         # Where each chunk's audio starts: 20 frames before its own first frame (the first one at 0).
         starts = np.cumsum([0] + [len(c) for c in chunks[:-1]])
@@ -309,27 +322,35 @@ def test_euler_and_rk4_differ(token2wav, voice):
 
 
 @pytest.mark.parametrize(
-    "first, chunk, fired",
+    "first, chunk, largest, fired",
     [
-        (48, 48, [36, 60, 84, 108, 132]),  # 2n - 24 a positive multiple of 48
-        (24, 72, [24, 60, 96, 132]),  # the first chunk's end 24, then every 72 frames
-        (96, 48, [60, 84, 108, 132]),
+        (48, 48, None, [36, 60, 84, 108, 132]),  # 2n - 24 a positive multiple of 48
+        (24, 72, None, [24, 60, 96, 132]),  # the first chunk's end 24, then every 72 frames
+        (96, 48, None, [60, 84, 108, 132]),
+        (24, 48, 192, [24, 48, 96]),  # chunks of 24, 48, 96 frames; the next (192) would need 192 codes
     ],
 )
-def test_chunk_sizes_set_when_chunks_fire(first, chunk, fired):
+def test_chunk_sizes_set_when_chunks_fire(first, chunk, largest, fired):
     stream = StreamingToken2Wav(
-        StandIn(), STAND_IN_VOICE, first_chunk_frames=first, chunk_frames=chunk, noise=0, **FAST
+        StandIn(),
+        STAND_IN_VOICE,
+        first_chunk_frames=first,
+        chunk_frames=chunk,
+        max_chunk_frames=largest,
+        noise=0,
+        mel_solver=ZeroVelocitySolver(),
+        **FAST,
     )
     _, fired_at = stream_all(stream, list(range(150)))
     assert fired_at == fired
 
 
 def test_api_guards():
-    stream = StreamingToken2Wav(StandIn(), STAND_IN_VOICE, noise=frame_index_noise(200), **FAST)
+    stream = StreamingToken2Wav(StandIn(), STAND_IN_VOICE, mel_solver=ZeroVelocitySolver(), noise=frame_index_noise(200), **FAST)
     with pytest.raises(ValueError):
         stream.feed([8193])  # a talker control code: the DiT cannot embed it
     with pytest.raises(ValueError):
-        StreamingToken2Wav(StandIn(), STAND_IN_VOICE, chunk_frames=40)  # not a whole number of blocks
+        StreamingToken2Wav(StandIn(), STAND_IN_VOICE, mel_solver=ZeroVelocitySolver(), chunk_frames=40)  # not a whole number of blocks
     with pytest.raises(ValueError):
         stream.feed(list(range(101)))  # more than the noise covers
     assert stream.flush() == []  # nothing was fed

@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
 from model import constants as C
-from model.engine.events import AnswerDone, AnswerSettings, AudioChunk, TextDelta, Timings
+from model.engine.events import (
+    AnswerDone,
+    AnswerSettings,
+    AudioChunk,
+    TextDelta,
+    Timings,
+)
 from model.engine.sampling import TokenChooser
+from model.engine.speech_worker import start_speech
 from model.engine.talker_stream import TalkerStream
 from model.engine.thinker_stream import ThinkerStream
 from model.engine.token2wav_stream import StreamingToken2Wav
@@ -54,17 +61,20 @@ class AnswerDecoder:
         settings: AnswerSettings,
         interrupt: threading.Event,
         started: float,
+        prepare_talker: Callable[[], None] = lambda: None,
     ):
         self.thinker, self.talker, self.settings = thinker, talker, settings
         self.interrupt = interrupt
         self.started = started
+        self.prepare_talker = prepare_talker
         self.timings = Timings()
         device = thinker.device
         generator = None
         if settings.seed is not None:
             generator = torch.Generator(device=device).manual_seed(settings.seed)
         self.think = TokenChooser(
-            settings.thinker, generator=generator, device=device, min_new_tokens=settings.min_new_tokens, eos=(C.IM_END_ID,)
+            settings.thinker, generator=generator, device=device, min_new_tokens=settings.min_new_tokens, eos=(C.IM_END_ID,),
+            margins=settings.margins,
         )
         self.talk = TokenChooser(
             settings.talker,
@@ -73,15 +83,17 @@ class AnswerDecoder:
             device=device,
             min_new_tokens=settings.talker_min_new_tokens,
             eos=C.TALKER_EOS_CODES,
+            margins=settings.margins,
         )
         self.speaking = voice is not None
         if self.speaking:
-            self.speech = StreamingToken2Wav(
+            self._token2wav = StreamingToken2Wav(
                 token2wav,
                 voice,
                 noise=settings.noise_seed,
                 first_chunk_frames=settings.first_chunk_frames,
                 chunk_frames=settings.chunk_frames,
+                max_chunk_frames=settings.max_chunk_frames,
                 solver=settings.solver,
                 num_steps=settings.num_steps,
             )
@@ -97,8 +109,18 @@ class AnswerDecoder:
         self._code_logits = None
         self._talker_done = not self.speaking
 
-    @torch.no_grad()
     def events(self, logits: torch.Tensor) -> Iterator[TextDelta | AudioChunk]:
+        if not self.speaking:
+            yield from self._decode(logits)
+            return
+        self.speech = start_speech(self._token2wav, self.settings.speech_thread)
+        try:
+            yield from self._decode(logits)
+        finally:
+            self.speech.stop()  # also when the consumer stops early: no worker outlives its answer
+
+    @torch.no_grad()
+    def _decode(self, logits: torch.Tensor) -> Iterator[TextDelta | AudioChunk]:
         history = torch.tensor([self.thinker.ids], device=self.thinker.device)
         while True:
             if self.interrupt.is_set():
@@ -121,7 +143,9 @@ class AnswerDecoder:
             while not self._talker_done and self._code_logits is not None and not self.interrupt.is_set():
                 yield from self._talk_step(reply)
                 reply = self.text_pad
-            yield from self._audio(self.speech.flush())
+            self.speech.finish()
+            yield from self._audio(self.speech.rest(self.interrupt))
+            self.interrupted = not self.speech.ended  # cut in before the last chunk was made
 
     def done(self) -> AnswerDone:
         timings = self.timings
@@ -133,6 +157,7 @@ class AnswerDecoder:
     def _talk_step(self, reply: torch.Tensor) -> Iterator[AudioChunk]:
         """One talker step fed `reply`; the code it chose goes to token2wav."""
         if self._code_logits is None:
+            self.prepare_talker()
             self._code_logits = self.talker.start(self.bos_embed, reply)
         else:
             self._code_logits = self.talker.step(self.codes[-1], reply)
@@ -141,7 +166,8 @@ class AnswerDecoder:
         self._talker_done = ends
         if code not in C.TALKER_EOS_CODES:
             self.codes.append(code)
-            yield from self._audio(self.speech.feed([code]))
+            self.speech.feed([code])
+        yield from self._audio(self.speech.ready())
 
     def _audio(self, chunks) -> Iterator[AudioChunk]:
         for samples in chunks:

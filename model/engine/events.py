@@ -21,9 +21,17 @@ class AnswerSettings:
     thinker: Sampling = field(default_factory=lambda: THINKER_DEFAULT)
     talker: Sampling = field(default_factory=lambda: TALKER_DEFAULT)
     seed: int | None = None
+    # Record each greedy choice's top-2 margin (AnswerDone.token_margins, code_margins), for tests that compare
+    # choices with transformers'; off by default: a top-k over the vocabulary and a host sync per step.
+    margins: bool = False
     noise_seed: int | None = None  # token2wav's starting noise (fixed for reproducible audio)
-    first_chunk_frames: int = 48  # mel frames (2 per code); multiples of the DiT block (24)
+    # token2wav chunks in mel frames (2 per code), multiples of the DiT block (24): the first speech after 24
+    # codes, then chunks that double (48, 96, 192, 192, ...), so fewer overlapping windows per second of
+    # speech; within the tolerance measured in docs/performance.md.
+    first_chunk_frames: int = 24
     chunk_frames: int = 48
+    max_chunk_frames: int = 192
+    speech_thread: bool | None = None  # token2wav on its own thread; None: on CUDA only (speech_worker.py)
     solver: str = "rk4"  # "rk4" (the reference) or "euler" (a quarter of the DiT passes)
     num_steps: int = 10  # ODE time points
 
@@ -63,7 +71,7 @@ class AnswerDone:
     codes: list[int]
     timings: Timings
     interrupted: bool = False
-    token_margins: list[float] = field(default_factory=list)  # greedy top-2 margins (see TokenChooser)
+    token_margins: list[float] = field(default_factory=list)  # greedy top-2 margins, when asked (see TokenChooser)
     code_margins: list[float] = field(default_factory=list)
 
 

@@ -149,7 +149,7 @@ class OmniSession:
             )
         self._logits = self.thinker.prefill(segment)
         self._records.append(UserTurn(list(parts), self.thinker.next_position - start))
-        self._feed_talker_prompt()
+        # The talker's prompt is fed once the first token is chosen (respond), off the first text's path.
 
     # ------------------------------------------------------------------ live turns
 
@@ -204,7 +204,8 @@ class OmniSession:
             raise ValueError("The live turn is too short to hear.")
         self._roll_back_changed(final=True)
         for index in range(len(live.windows), timeline.window_count()):
-            self._prefill_window(timeline.plan(index, final=True))
+            # Their talker prompt waits for the answer's first token: it is not on the first text's path.
+            self._prefill_window(timeline.plan(index, final=True), feed_talker=False)
         last = live.windows[-1]
         tail = self._tokens(self.template.live_tail(live.first, last.plan.camera, last.plan.sound))
         live.closing = self._checkpoint()
@@ -213,7 +214,7 @@ class OmniSession:
         record = LiveTurn(timeline.audio()[: timeline.kept_samples()], timeline.slot_frames())
         record.span = self.thinker.next_position - live.offset
         self._records.append(record)
-        self._feed_talker_prompt()
+        # The windows' talker prompt is in already; the closing's is fed once the first token is chosen.
 
     def continue_user_turn(self) -> None:
         """The user speaks on after their live turn had ended (a pause inside a question), before any of its
@@ -257,7 +258,7 @@ class OmniSession:
                 return
 
     @torch.no_grad()
-    def _prefill_window(self, plan: Window) -> None:
+    def _prefill_window(self, plan: Window, feed_talker: bool = True) -> None:
         """Encodes one window (its frame pairs, its sound) and prefills its tokens: video, then audio."""
         live, timeline = self._live, self._live.timeline
         head = self._tokens(self.template.live_head(live.first, plan.camera, plan.sound)) if plan.index == 0 else []
@@ -268,7 +269,8 @@ class OmniSession:
         segment, prompt = self.encoder.live_window(frames, timeline.window_audio(plan), head, tail, so_far, live.offset)
         self._logits = self.thinker.prefill(segment)
         live.windows.append(_PrefilledWindow(plan, before, prompt))
-        self._feed_talker_prompt()  # the talker's prompt too, so the answer starts with little to do
+        if feed_talker:
+            self._feed_talker_prompt()  # the talker's prompt too, so the answer starts with little to do
 
     def _tokens(self, text: str) -> list[int]:
         return self.processor.tokenizer(text).input_ids
@@ -289,16 +291,18 @@ class OmniSession:
             self.thinker.prefill(self.thinker.text_segment(self._closing))
             self._closing = []
 
-    def _feed_talker_prompt(self, now: bool = False) -> None:
-        """Prefills the talker with the thinker states it has not seen yet (its prompt is the conversation);
-        as input arrives when `prefill_talker` is on, else `now`, when a spoken answer starts."""
+    def _feed_talker_prompt(self, now: bool = False, through: int | None = None) -> None:
+        """Prefills the talker with the thinker states it has not seen yet (its prompt is the conversation),
+        up to entry `through` of the thinker's states (default: all); as input arrives when `prefill_talker`
+        is on, else `now`, when a spoken answer starts."""
         if self.talker is None or not (self.prefill_talker or now):
             return
-        states = self.thinker.talker_states[self._talker_fed :]
+        through = len(self.thinker.talker_states) if through is None else through
+        states = self.thinker.talker_states[self._talker_fed : through]
         if states:
-            positions = self.thinker.state_positions[self._talker_fed :]
+            positions = self.thinker.state_positions[self._talker_fed : through]
             self.talker.feed_prompt(torch.cat(states, dim=1), torch.cat(positions, dim=-1))
-            self._talker_fed = len(self.thinker.talker_states)
+            self._talker_fed = through
 
     # ------------------------------------------------------------------ history
 
@@ -380,8 +384,7 @@ class OmniSession:
         if settings.voice not in voices:
             raise ValueError(f"Unknown voice {settings.voice!r}; this checkpoint has {', '.join(sorted(voices))}.")
         speaking = not settings.text_only and self.talker is not None
-        if speaking:
-            self._feed_talker_prompt(now=True)
+        prompt_states = len(self.thinker.talker_states)
         decoder = AnswerDecoder(
             self.thinker,
             self.talker,
@@ -391,6 +394,8 @@ class OmniSession:
             settings,
             self._interrupt,
             started,
+            # The talker's prompt (the conversation so far) just before its first step: after the first text.
+            prepare_talker=lambda: self._feed_talker_prompt(now=True, through=prompt_states),
         )
         logits, self._logits = self._logits, None
         start = self.thinker.next_position

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from model import constants as C
+from model.engine.dit_window import MIN_GUIDANCE_SCALE, DiTWindow, VoiceCondition
 
 DEFAULT_CHUNK_MEL_FRAMES = 48  # 24 codes, 480 ms: the Qwen fork's chunk
 # BigVGAN edges: each chunk is vocoded with this much already-emitted mel in front of it, and this many mel
@@ -40,8 +41,6 @@ VOCODER_TRIM_MEL_FRAMES = 20
 ODE_TIME_POINTS = 10  # RK4 over 9 intervals: 36 DiT passes per window; Euler: 9
 GUIDANCE_SCALE = 0.5  # classifier-free guidance
 SWAY_COEFFICIENT = -1.0  # t' = t + sway * (cos(pi t / 2) - 1 + t); -1 gives 1 - cos(pi t / 2)
-# Below this guidance transformers skips the unconditioned half of the batch.
-MIN_GUIDANCE_SCALE = 1e-5
 
 SOLVERS = ("rk4", "euler")
 
@@ -56,46 +55,6 @@ def ode_time_points(num_steps: int, sway: float | None, dtype: torch.dtype, devi
     if sway is not None:
         times = times + sway * (torch.cos(torch.pi / 2 * times) - 1 + times)
     return times
-
-
-def velocity_function(
-    dit: torch.nn.Module,
-    codes: torch.Tensor,
-    speaker: torch.Tensor,
-    reference_mel: torch.Tensor,
-    guidance_scale: float,
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The ODE's right-hand side: the DiT called exactly as `sample()` calls it.
-
-    `codes` is (1, n_codes), `speaker` the voice's `cond` (1, 192), `reference_mel` its (1, 400, 80)."""
-    frames = codes.shape[1] * dit.config.repeats
-    speaker_per_frame = speaker.unsqueeze(1).repeat(1, frames, 1)
-
-    def velocity(time: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
-        if guidance_scale < MIN_GUIDANCE_SCALE:
-            return dit(
-                hidden_states=mel,
-                speaker_embedding=speaker_per_frame,
-                condition_vector=reference_mel,
-                quantized_code=codes,
-                time_step=time,
-                drop_audio_conditioning=False,
-                drop_code=False,
-                apply_cfg=False,
-            )
-        # One batch: the guided half, then the half without speaker, reference mel and codes.
-        both = dit(
-            hidden_states=mel,
-            quantized_code=codes,
-            speaker_embedding=speaker_per_frame,
-            condition_vector=reference_mel,
-            time_step=time,
-            apply_cfg=True,
-        )
-        guided, unguided = torch.chunk(both, 2, dim=0)
-        return guided + (guided - unguided) * guidance_scale
-
-    return velocity
 
 
 def integrate_euler(velocity, start: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
@@ -151,6 +110,9 @@ class Voice:
         cond, ref_mel = (entry.cond, entry.ref_mel) if isinstance(entry, Voice) else (entry["cond"], entry["ref_mel"])
         return cls(cond.to(device=device, dtype=dtype), ref_mel.to(device=device, dtype=dtype))
 
+    def condition(self, dit: torch.nn.Module, flow: FlowSettings) -> VoiceCondition:
+        return VoiceCondition(dit, self.cond, self.ref_mel, guided=flow.guidance_scale >= MIN_GUIDANCE_SCALE)
+
 
 def _device(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
@@ -166,7 +128,36 @@ def _code_tensor(codes: Sequence[int] | torch.Tensor, dit: torch.nn.Module) -> t
     return codes
 
 
-@torch.no_grad()
+class WindowSolver:
+    """Solves one voice's windows: the voice is encoded for the DiT once, each window's shared work once per
+    window (model/engine/dit_window.py)."""
+
+    def __init__(self, dit: torch.nn.Module, voice: Voice, flow: FlowSettings = FlowSettings()):
+        self.dit, self.voice, self.flow = dit, voice, flow
+        self.condition: VoiceCondition | None = None  # encoded at the first window, off the first text's path
+
+    @torch.no_grad()
+    def __call__(self, codes: Sequence[int] | torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The DiT's mel for `codes` starting from `noise` (1, frames, 80): (1, 80, frames), as `sample()`
+        returns. One fresh solve from t = 0 over exactly these codes; positions and blocks count from the
+        first code."""
+        dit, flow = self.dit, self.flow
+        codes = _code_tensor(codes, dit)
+        frames = codes.shape[1] * dit.config.repeats
+        if noise.shape[1] != frames:
+            raise ValueError(f"noise covers {noise.shape[1]} mel frames, the codes {frames}")
+        if frames > dit.config.max_position_embeddings:
+            limit = dit.config.max_position_embeddings
+            raise ValueError(f"{frames} mel frames exceed the DiT's max_position_embeddings ({limit})")
+        noise = noise.to(device=self.voice.ref_mel.device, dtype=self.voice.ref_mel.dtype)
+        if self.condition is None:
+            self.condition = self.voice.condition(dit, flow)
+        velocity = DiTWindow(dit, codes, self.condition, flow.guidance_scale)
+        times = ode_time_points(flow.num_steps, flow.sway, self.voice.cond.dtype, codes.device)
+        mel = INTEGRATORS[flow.solver](velocity, noise, times)
+        return mel.permute(0, 2, 1)
+
+
 def solve_mel(
     dit: torch.nn.Module,
     codes: Sequence[int] | torch.Tensor,
@@ -174,21 +165,8 @@ def solve_mel(
     noise: torch.Tensor,
     flow: FlowSettings = FlowSettings(),
 ) -> torch.Tensor:
-    """The DiT's mel for `codes` starting from `noise` (1, frames, 80): (1, 80, frames), as `sample()` returns.
-
-    One fresh solve from t = 0 over exactly these codes; positions and blocks count from the first code."""
-    codes = _code_tensor(codes, dit)
-    frames = codes.shape[1] * dit.config.repeats
-    if noise.shape[1] != frames:
-        raise ValueError(f"noise covers {noise.shape[1]} mel frames, the codes {frames}")
-    if frames > dit.config.max_position_embeddings:
-        limit = dit.config.max_position_embeddings
-        raise ValueError(f"{frames} mel frames exceed the DiT's max_position_embeddings ({limit})")
-    noise = noise.to(device=voice.ref_mel.device, dtype=voice.ref_mel.dtype)
-    velocity = velocity_function(dit, codes, voice.cond, voice.ref_mel, flow.guidance_scale)
-    times = ode_time_points(flow.num_steps, flow.sway, voice.cond.dtype, codes.device)
-    mel = INTEGRATORS[flow.solver](velocity, noise, times)
-    return mel.permute(0, 2, 1)
+    """One window's solve (`WindowSolver`), for a caller with a single window."""
+    return WindowSolver(dit, voice, flow)(codes, noise)
 
 
 def samples_per_mel_frame(vocoder: torch.nn.Module) -> int:
@@ -206,14 +184,18 @@ def vocode(vocoder: torch.nn.Module, mel: torch.Tensor) -> torch.Tensor:
     return waveform
 
 
-def make_noise(noise: torch.Tensor | int | None, frames: int, mel_bins: int = C.MEL_BINS_OUT) -> torch.Tensor:
-    """The starting noise for a whole answer, (1, frames, 80): given, drawn from a seed, or from torch's RNG."""
+def make_noise(
+    noise: torch.Tensor | int | None, frames: int, mel_bins: int = C.MEL_BINS_OUT, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """The starting noise for a whole answer, (1, frames, 80): given, drawn from a seed, or from torch's RNG.
+    Drawn on `device` as transformers draws it there (after `torch.manual_seed(seed)`), so a seed gives
+    its noise on any device."""
     if isinstance(noise, torch.Tensor):
         if noise.ndim != 3 or noise.shape[0] != 1 or noise.shape[2] != mel_bins:
             raise ValueError(f"noise must be (1, frames, {mel_bins}), got {tuple(noise.shape)}")
         return noise
-    generator = None if noise is None else torch.Generator().manual_seed(int(noise))
-    return torch.randn((1, frames, mel_bins), generator=generator)
+    generator = None if noise is None else torch.Generator(device=device).manual_seed(int(noise))
+    return torch.randn((1, frames, mel_bins), generator=generator, device=device)
 
 
 def decode_whole(
@@ -235,7 +217,7 @@ def decode_whole(
     dit, vocoder = token2wav.code2wav_dit_model, token2wav.code2wav_bigvgan_model
     voice = Voice.from_spk_dict(voice, _device(dit))
     frames = len(codes) * dit.config.repeats
-    noise = make_noise(noise, frames, dit.config.mel_dim)[:, :frames]
+    noise = make_noise(noise, frames, dit.config.mel_dim, _device(dit))[:, :frames]
     flow = FlowSettings(solver, num_steps, guidance_scale, sway)
     mel = solve_mel(dit, codes, voice, noise, flow)
     return vocode(vocoder, mel).numpy().astype(np.float32, copy=False)
@@ -268,12 +250,17 @@ class ChunkSchedule:
     past_blocks: int  # blocks of left context in a window: how many layers attend one block back
     lookahead_blocks: int  # blocks of right context: how many layers attend one block ahead
     first_chunk_frames: int = DEFAULT_CHUNK_MEL_FRAMES
-    chunk_frames: int = DEFAULT_CHUNK_MEL_FRAMES
+    chunk_frames: int = DEFAULT_CHUNK_MEL_FRAMES  # the second chunk; each later one doubles, up to the max
+    max_chunk_frames: int | None = None  # None: every later chunk is chunk_frames
     vocoder_context_frames: int = VOCODER_CONTEXT_MEL_FRAMES
     vocoder_trim_frames: int = VOCODER_TRIM_MEL_FRAMES
 
     def __post_init__(self):
-        for name in ("first_chunk_frames", "chunk_frames"):
+        if self.max_chunk_frames is None:
+            object.__setattr__(self, "max_chunk_frames", self.chunk_frames)
+        if self.max_chunk_frames < self.chunk_frames:
+            raise ValueError(f"max_chunk_frames ({self.max_chunk_frames}) is below chunk_frames ({self.chunk_frames})")
+        for name in ("first_chunk_frames", "chunk_frames", "max_chunk_frames"):
             size = getattr(self, name)
             if size <= 0 or size % self.block_frames:
                 block = self.block_frames
@@ -290,8 +277,13 @@ class ChunkSchedule:
             **sizes,
         )
 
+    def chunk_size(self, index: int) -> int:
+        if index == 0:
+            return self.first_chunk_frames
+        return min(self.chunk_frames << min(index - 1, 32), self.max_chunk_frames)
+
     def chunk_start(self, index: int) -> int:
-        return 0 if index == 0 else self.first_chunk_frames + (index - 1) * self.chunk_frames
+        return sum(self.chunk_size(i) for i in range(index))
 
     def plan(self, index: int, known_frames: int, finished: bool) -> ChunkPlan | None:
         """Chunk `index` if it can be decoded with `known_frames` mel frames, else None.
@@ -347,7 +339,8 @@ class StreamingToken2Wav:
 
     `feed` and `flush` return the audio chunks that became ready (float32, 24 kHz); their concatenation is the
     answer's waveform, mel frames x 240 samples long. `noise` is a (1, frames, 80) tensor, a seed, or None
-    for torch's global RNG; it is drawn once and sliced by absolute mel frame in every window."""
+    for torch's global RNG; it is drawn once and sliced by absolute mel frame in every window. `mel_solver`
+    solves one window (codes, noise) -> mel; by default the DiT's (`WindowSolver`)."""
 
     def __init__(
         self,
@@ -356,19 +349,25 @@ class StreamingToken2Wav:
         *,
         first_chunk_frames: int = DEFAULT_CHUNK_MEL_FRAMES,
         chunk_frames: int = DEFAULT_CHUNK_MEL_FRAMES,
+        max_chunk_frames: int | None = None,
         solver: str = "rk4",
         num_steps: int = ODE_TIME_POINTS,
         guidance_scale: float = GUIDANCE_SCALE,
         sway: float | None = SWAY_COEFFICIENT,
         noise: torch.Tensor | int | None = None,
         max_frames: int | None = None,
+        mel_solver: Callable[[Sequence[int], torch.Tensor], torch.Tensor] | None = None,
     ):
         self.dit = token2wav.code2wav_dit_model
         self.vocoder = token2wav.code2wav_bigvgan_model
         self.voice = Voice.from_spk_dict(voice, _device(self.dit))
         self.flow = FlowSettings(solver, num_steps, guidance_scale, sway)
+        self.solve = mel_solver or WindowSolver(self.dit, self.voice, self.flow)
         self.schedule = ChunkSchedule.for_dit(
-            self.dit.config, first_chunk_frames=first_chunk_frames, chunk_frames=chunk_frames
+            self.dit.config,
+            first_chunk_frames=first_chunk_frames,
+            chunk_frames=chunk_frames,
+            max_chunk_frames=max_chunk_frames,
         )
         self.mel_frames_per_code = self.dit.config.repeats
         self.samples_per_mel_frame = samples_per_mel_frame(self.vocoder)
@@ -376,16 +375,29 @@ class StreamingToken2Wav:
             # Room for the longest answer the talker may give.
             longest = C.TALKER_MAX_NEW_TOKENS * self.mel_frames_per_code
             max_frames = noise.shape[1] if isinstance(noise, torch.Tensor) else longest
-        self.noise = make_noise(noise, max_frames, self.dit.config.mel_dim)[:, :max_frames]
+        self.max_frames = max_frames
+        self._noise_source = make_noise(noise, max_frames, self.dit.config.mel_dim) if isinstance(noise, torch.Tensor) else noise
+        self.noise: torch.Tensor | None = None  # drawn at the first window, off the first text's path
         self.reset()
 
     @property
     def max_codes(self) -> int:
-        return self.noise.shape[1] // self.mel_frames_per_code
+        return self.max_frames // self.mel_frames_per_code
 
     def reset(self) -> None:
-        """Forget the answer; keep the voice, settings and noise."""
+        """Forget the answer; keep the voice, settings and a given noise tensor (a seed draws the same again)."""
         self.state = StreamState()
+        if not isinstance(self._noise_source, torch.Tensor):
+            self.noise = None
+
+    def _draw_noise(self, plan: ChunkPlan) -> torch.Tensor:
+        """The answer's noise. A whole answer in one window gets exactly its frames' worth, the draw transformers
+        makes (on a GPU a longer draw does not begin with the same values); a longer one the longest answer's."""
+        if isinstance(self._noise_source, torch.Tensor):
+            return self._noise_source[:, : self.max_frames]
+        frames = plan.window_end if plan.index == 0 and plan.is_last else self.max_frames
+        device = next(self.dit.parameters()).device
+        return make_noise(self._noise_source, frames, self.dit.config.mel_dim, device)
 
     def feed(self, codes: Sequence[int]) -> list[np.ndarray]:
         """Add the talker's next codes; returns the chunks whose look-ahead is now complete."""
@@ -419,8 +431,10 @@ class StreamingToken2Wav:
     def _decode(self, plan: ChunkPlan) -> np.ndarray:
         per_code = self.mel_frames_per_code
         window_codes = self.state.codes[plan.window_start // per_code : plan.window_end // per_code]
+        if self.noise is None:
+            self.noise = self._draw_noise(plan)
         window_noise = self.noise[:, plan.window_start : plan.window_end]
-        window_mel = solve_mel(self.dit, window_codes, self.voice, window_noise, self.flow)
+        window_mel = self.solve(window_codes, window_noise)
         chunk_mel = window_mel[:, :, plan.start - plan.window_start : plan.end - plan.window_start]
 
         context_frames = plan.start - plan.vocoder_start

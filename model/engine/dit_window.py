@@ -1,0 +1,87 @@
+"""The DiT's velocity over one token2wav window, with the work every pass shares done once.
+
+An RK4 solve calls the DiT 36 times on the same window. Called as `sample()` calls it, each pass encodes the
+voice's 400-frame reference mel with the ECAPA-TDNN, embeds the codes, builds the rotary table, and has each
+of the 22 layers rebuild its (batch, heads, n, n) block mask, which sdpa then converts again: on the tiny
+model that shared work was about 40% of a pass. Here the voice is encoded once per answer, the rest once per
+window, and each pass runs only what depends on the time and the noisy mel, with the very same module calls
+in the same order, so the result is `dit(...)`'s bit for bit (tests/test_token2wav_stream.py).
+"""
+
+from __future__ import annotations
+
+import torch
+
+MIN_GUIDANCE_SCALE = 1e-5  # below it transformers drops the unconditioned half of the batch
+
+
+class VoiceCondition:
+    """One voice as the DiT's input embedding reads it, encoded once: `guided` also holds the unconditioned
+    half (zero speaker, zero reference mel) that classifier-free guidance batches with it."""
+
+    def __init__(self, dit: torch.nn.Module, cond: torch.Tensor, ref_mel: torch.Tensor, guided: bool):
+        self.guided = guided
+        if guided:
+            cond = torch.cat([cond, torch.zeros_like(cond)], dim=0)
+            ref_mel = torch.cat([ref_mel, torch.zeros_like(ref_mel)], dim=0)
+        self.speaker = cond  # (halves, 192)
+        with torch.no_grad():
+            self.reference = dit.input_embed.spk_encoder(ref_mel)  # (halves, enc_dim)
+
+
+class DiTWindow:
+    """The ODE's right-hand side on one window of `codes` (1, n_codes) for `voice`."""
+
+    def __init__(self, dit: torch.nn.Module, codes: torch.Tensor, voice: VoiceCondition, guidance_scale: float):
+        self.dit, self.guidance_scale, self.guided = dit, guidance_scale, voice.guided
+        frames = codes.shape[1] * dit.config.repeats
+        halves = 2 if voice.guided else 1
+        code_embed = dit.text_embed(codes, drop_code=False)
+        if voice.guided:
+            code_embed = torch.cat([code_embed, dit.text_embed(codes, drop_code=True)], dim=0)
+        reference = voice.reference.unsqueeze(1).repeat(1, frames, 1)
+        speaker = torch.cat(
+            [voice.speaker[:1].unsqueeze(1).repeat(1, frames, 1)]
+            + ([torch.zeros_like(voice.speaker[:1]).unsqueeze(1).repeat(1, frames, 1)] if voice.guided else []),
+            dim=0,
+        )
+        self.conditions = (reference, code_embed, speaker)  # what the input projection reads besides the mel
+        positions = torch.arange(frames, device=codes.device)[None, :].repeat(halves, 1)
+        probe = torch.empty(0, dtype=reference.dtype, device=codes.device)
+        self.rotary = dit.rotary_embed(probe, positions)
+        blocks = torch.arange(frames, device=codes.device) // dit.config.block_size
+        block_diff = (blocks[None, :] - blocks[:, None]).expand(halves, dit.config.num_attention_heads, frames, frames)
+        self.masks = {}  # one per (look back, look ahead) pair the layers use
+        for layer in dit.transformer_blocks:
+            key = (layer.look_backward_block, layer.look_ahead_block)
+            if key not in self.masks:
+                allowed = (block_diff >= -float(key[0])) & (block_diff <= float(key[1]))
+                if dit.config._attn_implementation == "sdpa":
+                    # What sdpa turns a boolean mask into, once instead of in every layer of every pass.
+                    additive = torch.zeros(allowed.shape[-2:], dtype=reference.dtype, device=codes.device)
+                    allowed = additive.masked_fill(~allowed[0, 0], float("-inf"))[None, None]
+                self.masks[key] = allowed
+
+    def __call__(self, time: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+        dit = self.dit
+        halves = 2 if self.guided else 1
+        time_embedding = dit.time_embed(time.repeat(halves))
+        reference, code_embed, speaker = self.conditions
+        mel_in = torch.cat([mel, mel], dim=0) if self.guided else mel
+        hidden = dit.input_embed.proj(torch.cat((mel_in, reference, code_embed, speaker), dim=-1))
+        for layer in dit.transformer_blocks:
+            hidden = self._layer(layer, hidden, time_embedding)
+        out = dit.proj_out(dit.norm_out(hidden, time_embedding))
+        if not self.guided:
+            return out
+        guided, unguided = torch.chunk(out, 2, dim=0)
+        return guided + (guided - unguided) * self.guidance_scale
+
+    def _layer(self, layer, hidden: torch.Tensor, time_embedding: torch.Tensor) -> torch.Tensor:
+        """One DiT decoder layer as its forward runs it, with the window's mask instead of a fresh one."""
+        norm, gate_attn, shift_ff, scale_ff, gate_ff = layer.attn_norm(hidden, emb=time_embedding)
+        mask = self.masks[(layer.look_backward_block, layer.look_ahead_block)]
+        attended = layer.attn(hidden_states=norm, position_embeddings=self.rotary, attention_mask=mask)
+        hidden = hidden + gate_attn.unsqueeze(1) * attended
+        norm = layer.ff_norm(hidden) * (1 + scale_ff[:, None]) + shift_ff[:, None]
+        return hidden + gate_ff.unsqueeze(1) * layer.ff(norm)

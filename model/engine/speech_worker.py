@@ -1,0 +1,158 @@
+"""Where an answer's token2wav runs: on its own thread (`SpeechWorker`), or between the decode steps
+(`InlineSpeech`); both take codes and hand back audio chunks through the same calls.
+
+On a GPU the worker thread runs the DiT windows on their own CUDA stream, so the thinker and talker never wait
+for one. On a CPU it does not pay: each thread's Python between torch ops needs the GIL, and the two threads
+hand it back and forth at every op; on the tiny model a 48-frame window took 3x as long beside the decode
+loop as alone, and the decode loop slowed too (docs/performance.md). So the speech runs inline there.
+
+Which chunks are cut depends only on the codes (the stream's schedule), never on when they arrived, so both
+give the same audio, sample for sample (tests/test_speech_worker.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from model.engine.token2wav_stream import StreamingToken2Wav
+
+
+def start_speech(stream: StreamingToken2Wav, threaded: bool | None = None) -> SpeechWorker | InlineSpeech:
+    """`threaded`: None picks the thread on CUDA only (see above)."""
+    if threaded is None:
+        threaded = next(stream.dit.parameters()).device.type == "cuda"
+    return SpeechWorker(stream) if threaded else InlineSpeech(stream)
+
+
+class InlineSpeech:
+    """The answer's own thread decodes each chunk as soon as its codes are fed."""
+
+    def __init__(self, stream: StreamingToken2Wav):
+        self._stream = stream
+        self._ready: list[np.ndarray] = []
+        self.ended = False
+
+    def feed(self, codes: Sequence[int]) -> None:
+        self._ready += self._stream.feed(codes)
+
+    def finish(self) -> None:
+        self._ready += self._stream.flush()
+
+    def ready(self) -> list[np.ndarray]:
+        chunks, self._ready = self._ready, []
+        return chunks
+
+    def rest(self, stop: threading.Event) -> Iterator[np.ndarray]:
+        self.ended = True
+        yield from self.ready()
+
+    def stop(self) -> None:
+        self._ready = []
+
+
+_FINISH = object()  # the talker has ended: decode the rest
+_STOP = object()  # the answer was cut short: drop the rest
+_DONE = object()  # the worker has emitted its last chunk
+
+
+class SpeechWorker:
+    """Owns one answer's token2wav thread. `feed`, `finish`, `ready`, `rest` and `stop` are for the answer's
+    own thread; the worker only reads its inbox and writes its outbox."""
+
+    def __init__(self, stream: StreamingToken2Wav):
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._ended = False
+        device = next(stream.dit.parameters()).device
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(stream, torch.get_num_threads(), device),
+            name="token2wav",
+            daemon=True,
+        )
+        self._thread.start()
+
+    # ------------------------------------------------------------------ the answer's thread
+
+    def feed(self, codes: Sequence[int]) -> None:
+        self._inbox.put(list(codes))
+
+    def finish(self) -> None:
+        """No more codes: the worker decodes the rest of the answer and ends."""
+        self._inbox.put(_FINISH)
+
+    def ready(self) -> list[np.ndarray]:
+        """The chunks decoded since the last call, without waiting."""
+        chunks = []
+        while not self._ended:
+            try:
+                item = self._outbox.get_nowait()
+            except queue.Empty:
+                break
+            chunks.extend(self._take(item))
+        return chunks
+
+    def rest(self, stop: threading.Event, poll_seconds: float = 0.05) -> Iterator[np.ndarray]:
+        """After `finish`: each chunk as it is decoded, to the last. Returns early once `stop` is set."""
+        while not self._ended and not stop.is_set():
+            try:
+                item = self._outbox.get(timeout=poll_seconds)
+            except queue.Empty:
+                continue
+            yield from self._take(item)
+
+    def stop(self) -> None:
+        """Ends the thread (what it has not decoded is dropped) and waits for it: an answer never leaves a
+        worker behind."""
+        self._inbox.put(_STOP)
+        self._thread.join()
+        self._ended = True
+
+    @property
+    def ended(self) -> bool:
+        """The last chunk was taken (or the worker failed, or was stopped)."""
+        return self._ended
+
+    def _take(self, item) -> list[np.ndarray]:
+        if item is _DONE:
+            self._ended = True
+            return []
+        if isinstance(item, BaseException):
+            self._ended = True
+            raise item
+        return [item]
+
+    # ------------------------------------------------------------------ the worker's thread
+
+    def _run(self, stream: StreamingToken2Wav, threads: int, device: torch.device) -> None:
+        torch.set_num_threads(threads)  # a new thread starts from the process default, not the caller's setting
+        side_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        try:
+            with torch.no_grad(), torch.cuda.stream(side_stream) if side_stream else contextlib.nullcontext():
+                while True:
+                    item = self._inbox.get()
+                    codes = []
+                    # Everything already waiting goes in at once: the chunks cut are the same either way.
+                    while isinstance(item, list):
+                        codes.extend(item)
+                        try:
+                            item = self._inbox.get_nowait()
+                        except queue.Empty:
+                            item = None
+                    if item is _STOP:
+                        return
+                    for chunk in stream.feed(codes) if codes else []:
+                        self._outbox.put(chunk)
+                    if item is _FINISH:
+                        for chunk in stream.flush():
+                            self._outbox.put(chunk)
+                        self._outbox.put(_DONE)
+                        return
+        except Exception as error:  # noqa: BLE001 -- any failure is handed to the answer's thread, which raises it
+            self._outbox.put(error)
