@@ -50,7 +50,9 @@ def _init_like_tiny(model: torch.nn.Module, seed: int) -> None:
             param.normal_(0.0, std, generator=generator)
 
 
-def random_omni(config: dict, device: str | torch.device | None = None, seed: int = RANDOM_SEED) -> LoadedOmni:
+def random_omni(
+    config: dict, device: str | torch.device | None = None, seed: int = RANDOM_SEED, dtype: torch.dtype | None = None
+) -> LoadedOmni:
     """Qwen2.5-Omni of architecture `config` (a config.json as a dict) with random weights: on CUDA the
     thinker and talker in bfloat16 and token2wav in float32, as load_omni loads real checkpoints; the
     processor and tokenizer from the tiny checkpoint (the real ones); voices in the real spk_dict shapes."""
@@ -59,7 +61,7 @@ def random_omni(config: dict, device: str | torch.device | None = None, seed: in
     from model.processing import OmniProcessor
 
     device = torch.device(device) if device else default_device()
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     attn = pick_attention(device)
     with torch.device(device):  # built in place: a 7B built on the CPU first would need 43 GB there
         model = Qwen2_5OmniForConditionalGeneration._from_config(
@@ -79,15 +81,16 @@ def random_omni(config: dict, device: str | torch.device | None = None, seed: in
     return loaded
 
 
-def load_for_bench(spec: str, device: str | None = None) -> tuple[LoadedOmni, str]:
-    """(loaded model, a one-line description). `spec`: tiny, tiny-random, 3b, 7b or a checkpoint directory."""
+def load_for_bench(spec: str, device: str | None = None, dtype: torch.dtype | None = None) -> tuple[LoadedOmni, str]:
+    """(loaded model, a one-line description). `spec`: tiny, tiny-random, 3b, 7b or a checkpoint directory.
+    `dtype`: the thinker's and talker's (default: bfloat16 on CUDA, float32 elsewhere)."""
     if spec in RANDOM_CONFIGS or spec == "tiny-random":
         config = tiny.tiny_config() if spec == "tiny-random" else json.loads(Path(RANDOM_CONFIGS[spec]).read_text())
-        loaded = random_omni(config, device)
+        loaded = random_omni(config, device, dtype=dtype)
         name = {"tiny-random": "tiny config", "3b": "Qwen2.5-Omni-3B architecture", "7b": "Qwen2.5-Omni-7B architecture"}[spec]
         label = f"{name}, random weights"
     else:
-        loaded = load_omni(spec, device)
+        loaded = load_omni(spec, device, dtype)
         label = "tiny random-weight checkpoint" if loaded.is_tiny else loaded.source
     dtype = str(loaded.dtype).removeprefix("torch.")
     return loaded, f"{label} on {loaded.device.type} ({dtype} thinker/talker, float32 token2wav, {loaded.attn_implementation})"

@@ -214,8 +214,11 @@ def load_model_weights(directory: Path, device: torch.device, dtype: torch.dtype
     return model.eval()
 
 
-def load_omni(spec: str = "auto", device: str | torch.device | None = None) -> LoadedOmni:
-    """Load model, processor and voices. `spec`: 'auto', 'tiny', a hub id, or a checkpoint directory."""
+def load_omni(
+    spec: str = "auto", device: str | torch.device | None = None, dtype: torch.dtype | None = None
+) -> LoadedOmni:
+    """Load model, processor and voices. `spec`: 'auto', 'tiny', a hub id, or a checkpoint directory.
+    `dtype`: the thinker's and talker's (default bfloat16 on CUDA, float32 elsewhere); token2wav is float32."""
     from model import tiny
     from model.processing import OmniProcessor
 
@@ -226,7 +229,7 @@ def load_omni(spec: str = "auto", device: str | torch.device | None = None) -> L
     directory = ensure_tiny_checkpoint() if source == TINY else resolve_checkpoint_dir(source)
     check_checkpoint_dir(directory)
     is_tiny = (directory / tiny.MARKER_FILE).is_file()
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     attn = pick_attention(device)
     try:
         model = load_model_weights(directory, device, dtype, attn)

@@ -79,7 +79,8 @@ def turn_seconds(request: TurnRequest) -> int:
 def run_turn(request: TurnRequest) -> Iterator:
     """The conversation's history with the user's turn in it, then the answer's events (TextDelta,
     AudioChunk, ...; the history again after a ContextTrimmed), then the history with the answer."""
-    session = OmniSession(_loaded, system_prompt=request.system_prompt)
+    # ZeroGPU does not support torch.compile (its documentation): the growing cache, decoded eagerly.
+    session = OmniSession(_loaded, system_prompt=request.system_prompt, decode="growing")
     session.restore(request.history)
     if request.parts is not None:
         session.add_user_turn(*request.parts)

@@ -33,10 +33,14 @@ from model.engine.answer import AnswerDecoder
 from model.engine.encode import LivePrompt, PromptEncoder
 from model.engine.events import AnswerSettings, ContextTrimmed, Event
 from model.engine.history import AnswerTurn, LiveTurn, Record, UserTurn
+from model.engine.kv_cache import GrowingKV, StaticKV
 from model.engine.live_input import LiveTimeline, Window
 from model.engine.prompt import TurnTemplate
 from model.engine.talker_stream import TalkerStream
 from model.engine.thinker_stream import ThinkerStream
+
+
+DECODE_MODES = ("growing", "static", "compiled")
 
 
 @dataclass
@@ -74,9 +78,13 @@ class OmniSession:
         prefill_talker: bool = True,
         max_positions: int | None = None,
         interrupt: threading.Event | None = None,
+        decode: str = "auto",
     ):
         """`interrupt`: an event that stops the running answer when set, for an owner that must not reach
-        into the session from another thread (default: the session's own, set by `interrupt()`)."""
+        into the session from another thread (default: the session's own, set by `interrupt()`).
+        `decode`: the thinker's and talker's KV caches and decode steps (model/engine/kv_cache.py): "growing"
+        (transformers' DynamicCache), "static" (a StaticCache), "compiled" (a StaticCache whose one-token steps
+        run through torch.compile, CUDA graphs on CUDA); "auto" is "compiled" on CUDA, else "growing"."""
         self.loaded = loaded
         self.model = loaded.model
         self.processor = loaded.processor
@@ -90,13 +98,18 @@ class OmniSession:
         # The rope ids the thinker was trained with; the conversation is trimmed before it would pass them.
         self.max_positions = max_positions or self.model.thinker.config.text_config.max_position_embeddings
         self._interrupt = interrupt or threading.Event()
+        if decode == "auto":
+            decode = "compiled" if loaded.device.type == "cuda" else "growing"
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {DECODE_MODES} or 'auto', got {decode!r}")
+        self.decode = decode
         self._restoring = False
         self.windows_redone = 0  # live windows prefilled again because a late frame changed them
         self._clear()
 
     def _clear(self) -> None:
-        self.thinker = ThinkerStream(self.model.thinker)
-        self.talker = TalkerStream(self.model.talker) if hasattr(self.model, "talker") else None
+        self.thinker = ThinkerStream(self.model.thinker, self._kv(self.model.thinker.config.text_config))
+        self.talker = TalkerStream(self.model.talker, self._kv(self.model.talker.config)) if hasattr(self.model, "talker") else None
         self._talker_fed = 0  # entries of thinker.talker_states already in the talker's cache
         self._logits: torch.Tensor | None = None  # after the last prefill: the answer's first choice
         self._closing: list[int] = []  # the last answer's unfed tail (its last token, if not <|im_end|>)
@@ -104,6 +117,11 @@ class OmniSession:
         self._live: _OpenLiveTurn | None = None
         self._ended_live: _OpenLiveTurn | None = None  # the last live turn, while it may still be continued
         self._input_ended: float | None = None  # when the user's turn ended: the timings' zero
+
+    def _kv(self, config) -> GrowingKV | StaticKV:
+        if self.decode == "growing":
+            return GrowingKV(config)
+        return StaticKV(config, compiled=self.decode == "compiled")
 
     @property
     def system_prompt(self) -> str:

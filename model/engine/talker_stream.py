@@ -11,15 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
-
 from model import constants as C
+from model.engine.kv_cache import GrowingKV, StaticKV
 
 
 @dataclass
 class TalkerStream:
     talker: object  # Qwen2_5OmniTalkerForConditionalGeneration
-    cache: DynamicCache = None
+    cache: GrowingKV | StaticKV = None
     length: int = 0  # positions in the cache
     next_position: int = 0  # rope id of the next text position
     prompt_length: int = 0  # positions that belong to the conversation (kept across answers)
@@ -28,7 +27,7 @@ class TalkerStream:
 
     def __post_init__(self):
         if self.cache is None:
-            self.cache = DynamicCache(config=self.talker.config)
+            self.cache = GrowingKV(self.talker.config)
 
     @property
     def device(self) -> torch.device:
@@ -38,17 +37,9 @@ class TalkerStream:
         return self.talker.get_input_embeddings()(torch.tensor([[code]], device=self.device))
 
     def _forward(self, inputs: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        total = self.length + inputs.shape[1]
-        mask = torch.ones((1, total), dtype=torch.long, device=inputs.device)
-        out = self.talker.model(
-            inputs_embeds=self.talker.thinker_to_talker_proj(inputs),
-            position_ids=position_ids,
-            attention_mask=mask,
-            past_key_values=self.cache,
-            use_cache=True,
-        )
-        self.length = total
-        return self.talker.codec_head(out.last_hidden_state[:, -1]).float()
+        hidden = self.cache.forward(self.talker.model, self.talker.thinker_to_talker_proj(inputs), position_ids)
+        self.length += inputs.shape[1]
+        return self.talker.codec_head(hidden[:, -1]).float()
 
     @torch.no_grad()
     def feed_prompt(self, states: torch.Tensor, position_ids: torch.Tensor) -> None:
@@ -87,15 +78,13 @@ class TalkerStream:
         """Back to `mark`: the prompt fed since is forgotten."""
         if self.length != self.prompt_length:
             raise RuntimeError("the talker is mid-answer; end the answer before rewinding its prompt")
-        self.cache.crop(mark[0] - self.length)  # a negative count: positions to remove
+        self.cache.keep(mark[0])
         self.length = self.prompt_length = mark[0]
         self.next_position = self.prompt_next_position = mark[1]
 
     def end_answer(self) -> None:
         """Drops the answer's positions: the next answer's talker sees the conversation, not this speech."""
-        extra = self.length - self.prompt_length
-        if extra:
-            self.cache.crop(-extra)
+        self.cache.keep(self.prompt_length)
         self.length = self.prompt_length
         self.next_position = self.prompt_next_position
         self.codes = []

@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
-
 from model import constants as C
+from model.engine.kv_cache import GrowingKV, StaticKV
 
 MEDIA_TOKEN_IDS = (C.AUDIO_TOKEN_ID, C.IMAGE_TOKEN_ID, C.VIDEO_TOKEN_ID)
 
@@ -30,7 +29,7 @@ class Segment:
 @dataclass
 class ThinkerStream:
     thinker: object  # Qwen2_5OmniThinkerForConditionalGeneration
-    cache: DynamicCache = None
+    cache: GrowingKV | StaticKV = None
     ids: list[int] = field(default_factory=list)  # every token in the cache, in order
     next_position: int = 0  # rope id of the next text token: one past the largest id so far
     talker_states: list[torch.Tensor] = field(default_factory=list)  # (1, n_i, hidden) per prefill/step
@@ -38,7 +37,7 @@ class ThinkerStream:
 
     def __post_init__(self):
         if self.cache is None:
-            self.cache = DynamicCache(config=self.thinker.config.text_config)
+            self.cache = GrowingKV(self.thinker.config.text_config)
 
     @property
     def length(self) -> int:
@@ -52,17 +51,7 @@ class ThinkerStream:
         return self.thinker.get_input_embeddings()(ids)
 
     def _forward(self, embeds: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        total = self.length + embeds.shape[1]
-        # An all-ones mask, as generate() passes, so the attention kernels see what they see there.
-        mask = torch.ones((1, total), dtype=torch.long, device=embeds.device)
-        out = self.thinker.model.language_model(
-            inputs_embeds=embeds,
-            position_ids=position_ids,
-            attention_mask=mask,
-            past_key_values=self.cache,
-            use_cache=True,
-        )
-        return out.last_hidden_state
+        return self.cache.forward(self.thinker.model.language_model, embeds, position_ids)
 
     @torch.no_grad()
     def prefill(self, segment: Segment) -> torch.Tensor:
@@ -96,7 +85,7 @@ class ThinkerStream:
     def rewind(self, mark: tuple[int, int, int]) -> None:
         """Back to `mark`: everything prefilled or fed since is forgotten (a live window that must be redone)."""
         length, states, next_position = mark
-        self.cache.crop(length - self.length)  # a negative count: tokens to remove
+        self.cache.keep(length)
         del self.ids[length:], self.talker_states[states:], self.state_positions[states:]
         self.next_position = next_position
 

@@ -1,0 +1,121 @@
+"""The KV caches the thinker and the talker run on, and the decode step each one gives.
+
+`GrowingKV` is transformers' DynamicCache, which grows by a concatenation per step: the default on a CPU.
+`StaticKV` holds transformers' StaticCache: keys and values in tensors allocated once, so every one-token
+decode step has the same shapes and the same tensor addresses, which `torch.compile` can capture (with CUDA
+graphs on CUDA, `mode="reduce-overhead"`: one launch per step instead of hundreds). Positions past the cache's
+length are masked by the causal mask, so going back (a live window redone, an answer dropped) only moves
+the length. A conversation that outgrows the allocation moves to one twice the size (the step is then
+captured again, once).
+
+Both take the same calls: `forward(module, embeds, position_ids)` runs the decoder over new positions and
+returns its last hidden states; `keep(length)` forgets everything after `length`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from transformers import DynamicCache, StaticCache
+
+log = logging.getLogger(__name__)
+
+STATIC_START_LENGTH = 4096  # positions a static cache holds before it first grows
+
+
+class GrowingKV:
+    def __init__(self, config):
+        self.cache = DynamicCache(config=config)
+
+    @property
+    def layers(self):
+        return self.cache.layers
+
+    def get_seq_length(self) -> int:
+        return self.cache.get_seq_length()
+
+    def forward(self, module, embeds: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        total = self.get_seq_length() + embeds.shape[1]
+        # An all-ones mask, as generate() passes, so the attention kernels see what they see there.
+        mask = torch.ones((1, total), dtype=torch.long, device=embeds.device)
+        out = module(inputs_embeds=embeds, position_ids=position_ids, attention_mask=mask, past_key_values=self.cache, use_cache=True)
+        return out.last_hidden_state
+
+    def keep(self, length: int) -> None:
+        drop = self.get_seq_length() - length
+        if drop:
+            self.cache.crop(-drop)
+
+
+class StaticKV:
+    """`compiled`: one-token steps run through `torch.compile` (prefills of several positions stay eager)."""
+
+    def __init__(self, config, compiled: bool = False, length: int = STATIC_START_LENGTH):
+        self.config = config
+        self.compiled = compiled
+        self.cache = StaticCache(config=config, max_cache_len=length)
+        self.size = length  # positions allocated
+        self.length = 0
+
+    @property
+    def layers(self):
+        return self.cache.layers
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def forward(self, module, embeds: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        count = embeds.shape[1]
+        if self.length + count > self.size:
+            self._grow(self.length + count)
+        if self.compiled and count == 1:
+            try:
+                hidden = compiled_step(module)(module, self.cache, embeds, position_ids)
+            except Exception as error:  # noqa: BLE001 -- any compiler failure: the eager step gives the same answer
+                log.warning("torch.compile failed on this decoder's step (%s); decoding eagerly from here", error)
+                self.compiled = False
+                self.keep(self.length)  # undo whatever the failed step wrote
+                hidden = _step(module, self.cache, embeds, position_ids)
+        else:
+            hidden = _step(module, self.cache, embeds, position_ids)
+        self.length += count
+        return hidden
+
+    def keep(self, length: int) -> None:
+        if length > self.length:
+            raise ValueError(f"the cache holds {self.length} positions, not {length}")
+        self.length = length
+        for layer in self.cache.layers:
+            if layer.is_initialized:
+                layer.cumulative_length.fill_(length)  # in place: its address is part of the captured step
+
+    def _grow(self, needed: int) -> None:
+        size = self.size
+        while size < needed:
+            size *= 2
+        bigger = StaticCache(config=self.config, max_cache_len=size)
+        for old, new in zip(self.cache.layers, bigger.layers):
+            if old.is_initialized:
+                new.lazy_initialization(old.keys[:, :, :0], old.values[:, :, :0])
+                new.keys[:, :, : self.length] = old.keys[:, :, : self.length]
+                new.values[:, :, : self.length] = old.values[:, :, : self.length]
+                new.cumulative_length.fill_(self.length)
+        self.cache, self.size = bigger, size
+
+
+def _step(module, cache: StaticCache, embeds: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    # No 2-D mask: the causal mask over the allocation comes from the cache's length alone.
+    out = module(inputs_embeds=embeds, position_ids=position_ids, past_key_values=cache, use_cache=True)
+    return out.last_hidden_state
+
+
+_COMPILED: dict[int, object] = {}  # one compiled step per decoder module, shared by every conversation
+
+
+def compiled_step(module):
+    key = id(module)
+    if key not in _COMPILED:
+        on_cuda = next(module.parameters()).device.type == "cuda"
+        _COMPILED[key] = torch.compile(_step, dynamic=False, mode="reduce-overhead" if on_cuda else None)
+    return _COMPILED[key]
