@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         loaded, label = load_for_bench(args.model, args.device, dtype)
         results = [compare(loaded, case, args.tokens) for case in CASES]
         report = {"benchmark": "bench.parity", "model": label, "device": describe_device(loaded.device), "cases": results}
-    print(json.dumps(report, indent=1))
+    print(json.dumps(report))  # one line: the GPU script collects several runs in one JSON-lines file
     exact = all(r["prompt_equal"] and r["tokens_part"] is None and r.get("codes_part") is None for r in results)
     return 0 if exact or loaded.dtype != torch.float32 else 1
 

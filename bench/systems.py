@@ -45,6 +45,7 @@ class Scenario:
     chunk_frames: int = AnswerSettings.chunk_frames
     max_chunk_frames: int = AnswerSettings.max_chunk_frames
     speech_thread: bool | None = None  # token2wav on its own thread (None: the engine's choice)
+    decode: str = "auto"  # the engine's KV caches and decode steps (OmniSession's `decode`)
     seed: int = 0  # fixes token2wav's noise; decoding is greedy, so the runs repeat exactly
 
     def describe(self) -> dict:
@@ -62,6 +63,7 @@ class Scenario:
             "engine_chunk_frames": self.chunk_frames,
             "engine_max_chunk_frames": self.max_chunk_frames,
             "engine_speech_thread": self.speech_thread,
+            "engine_decode": self.decode,
             "decoding": "greedy thinker, greedy talker with its repetition penalty",
         }
 
@@ -152,7 +154,7 @@ def _consume(session: OmniSession, scenario: Scenario, record: TurnRecord, offse
 
 
 def run_engine_whole(loaded, scenario: Scenario, recorder: StageRecorder) -> TurnRecord:
-    session = OmniSession(loaded)
+    session = OmniSession(loaded, decode=scenario.decode)
     zero = time.perf_counter()
     session.add_user_turn(*scenario.parts)
     return _consume(session, scenario, TurnRecord("engine_whole", zero), 0.0)
@@ -177,7 +179,7 @@ def live_arrivals(parts: list[Part]) -> list[tuple[float, str, object]]:
 
 
 def run_engine_live(loaded, scenario: Scenario, recorder: StageRecorder) -> TurnRecord:
-    session = OmniSession(loaded)
+    session = OmniSession(loaded, decode=scenario.decode)
     arrivals = live_arrivals(scenario.parts)
     began = time.perf_counter()
     for arrival, kind, payload in arrivals:
