@@ -7,6 +7,11 @@ here asserts anything about speed.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +20,8 @@ from test_session import greedy_settings, run
 
 from model import cases
 from model import constants as C
-from model.reference import TalkerSampling, reference_generate
 from model.engine.sampling import Sampling, TokenChooser
+from model.reference import TalkerSampling, reference_generate
 from model.session import AnswerSettings, AudioChunk, OmniSession
 
 
@@ -188,3 +193,19 @@ def test_live_input_arrives_in_real_time_order():
     speech = np.zeros(C.INPUT_SAMPLE_RATE + 5, np.float32)
     assert [t for t, _, _ in live_arrivals([Audio(speech)])][-1] == pytest.approx(len(speech) / C.INPUT_SAMPLE_RATE)
 
+
+def test_the_gpu_check_stops_in_seconds_naming_what_is_missing(tmp_path):
+    """bench/device_check.sh on a machine without the GPU it needs: it says so and stops before any model work."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the check would run")
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, OUT=str(tmp_path), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    started = time.monotonic()
+    result = subprocess.run(
+        ["bash", "bench/device_check.sh"], cwd=root, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 2
+    assert time.monotonic() - started < 60
+    assert "MISSING: a CUDA GPU" in result.stdout
+    assert "stopped: something is missing" in (tmp_path / "summary.txt").read_text()
+    assert not (tmp_path / "parity.jsonl").exists()  # no step ran

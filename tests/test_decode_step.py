@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_session import assert_same_choices
 
 from model import constants as C
 from model.conversation import Audio, Text
@@ -15,18 +16,17 @@ from model.engine.kv_cache import GrowingKV, StaticKV
 from model.engine.sampling import Sampling
 from model.engine.thinker_stream import ThinkerStream
 from model.session import OmniSession
-from tests.test_session import assert_same_choices
 
 RATE = C.INPUT_SAMPLE_RATE
 
 
 def settings(**overrides) -> AnswerSettings:
-    base = dict(
-        max_new_tokens=12,
-        talker=Sampling(greedy=True, repetition_penalty=C.TALKER_REPETITION_PENALTY),
-        noise_seed=0,
-        margins=True,
-    )
+    base = {
+        "max_new_tokens": 12,
+        "talker": Sampling(greedy=True, repetition_penalty=C.TALKER_REPETITION_PENALTY),
+        "noise_seed": 0,
+        "margins": True,
+    }
     base.update(overrides)
     return AnswerSettings(**base)
 

@@ -317,6 +317,9 @@ def test_a_turn_continued_after_a_pause_is_the_turn_spoken_without_it(loaded, ca
     assert_same(snapshot(session), expected)
     if session.talker is not None:
         assert session.talker.length == session.talker.prompt_length
-        # Every state but the closing's, which the answer feeds once its first token is chosen.
-        assert session.talker.prompt_length == len(torch.cat(session.thinker.talker_states[:-1], dim=1)[0])
+        # A prefix of the thinker's states (what was fed before the turn ended, nothing taken back since); the
+        # rest, the closing's at least, is fed once the answer's first token is chosen.
+        fed = session._talker_fed
+        assert fed < len(session.thinker.talker_states)
+        assert session.talker.prompt_length == sum(state.shape[1] for state in session.thinker.talker_states[:fed])
     assert answer(session) == expected_answer

@@ -71,7 +71,10 @@ class StaticKV:
             self._grow(self.length + count)
         if self.compiled and count == 1:
             try:
-                hidden = compiled_step(module)(module, self.cache, embeds, position_ids)
+                if embeds.is_cuda:  # a new step: CUDA graphs may reuse the last step's output buffers
+                    torch.compiler.cudagraph_mark_step_begin()
+                # A copy: the captured graph writes its next output over this one.
+                hidden = compiled_step(module)(module, self.cache, embeds, position_ids).clone()
             except Exception as error:  # noqa: BLE001 -- any compiler failure: the eager step gives the same answer
                 log.warning("torch.compile failed on this decoder's step (%s); decoding eagerly from here", error)
                 self.compiled = False

@@ -221,13 +221,16 @@ class OmniSession:
             self._live = None
             raise ValueError("The live turn is too short to hear.")
         self._roll_back_changed(final=True)
+        # The windows still open, the last with the closing tokens in the same forward pass (one pass fewer
+        # before the first text). Their talker prompt waits for the answer's first token, off that path too.
         for index in range(len(live.windows), timeline.window_count()):
-            # Their talker prompt waits for the answer's first token: it is not on the first text's path.
-            self._prefill_window(timeline.plan(index, final=True), feed_talker=False)
-        last = live.windows[-1]
-        tail = self._tokens(self.template.live_tail(live.first, last.plan.camera, last.plan.sound))
-        live.closing = self._checkpoint()
-        self._logits = self.thinker.prefill(self.encoder.live_closing(tail, last.prompt, live.offset))
+            last_open = index == timeline.window_count() - 1
+            self._prefill_window(timeline.plan(index, final=True), feed_talker=False, close=last_open)
+        if live.closing is None:  # every window was in before the user stopped: the closing alone
+            last = live.windows[-1]
+            tail = self._tokens(self.template.live_tail(live.first, last.plan.camera, last.plan.sound))
+            live.closing = self._checkpoint()
+            self._logits = self.thinker.prefill(self.encoder.live_closing(tail, last.prompt, live.offset))
         self._live, self._ended_live = None, live
         record = LiveTurn(timeline.audio()[: timeline.kept_samples()], timeline.slot_frames())
         record.span = self.thinker.next_position - live.offset
@@ -246,6 +249,7 @@ class OmniSession:
             self._records.pop()
         self._records.pop()  # the live turn: it is recorded again when it ends
         self._rewind(live.closing)
+        live.closing = None
         self._closing, self._logits = [], None
         self._live, self._ended_live = live, None
         self._roll_back_changed(final=False)  # its last window was encoded as the last: it is open again
@@ -276,8 +280,9 @@ class OmniSession:
                 return
 
     @torch.no_grad()
-    def _prefill_window(self, plan: Window, feed_talker: bool = True) -> None:
-        """Encodes one window (its frame pairs, its sound) and prefills its tokens: video, then audio."""
+    def _prefill_window(self, plan: Window, feed_talker: bool = True, close: bool = False) -> None:
+        """Encodes one window (its frame pairs, its sound) and prefills its tokens: video, then audio; with
+        `close`, the turn's closing tokens after them, in the same pass."""
         live, timeline = self._live, self._live.timeline
         head = self._tokens(self.template.live_head(live.first, plan.camera, plan.sound)) if plan.index == 0 else []
         tail = self._tokens(self.template.live_tail(live.first, plan.camera, plan.sound))
@@ -285,7 +290,12 @@ class OmniSession:
         before = self._checkpoint()
         frames = [timeline.frame(f) for f in plan.frames]
         segment, prompt = self.encoder.live_window(frames, timeline.window_audio(plan), head, tail, so_far, live.offset)
-        self._logits = self.thinker.prefill(segment)
+        if close:
+            talker = self.talker.mark() if self.talker else None
+            live.closing = _Checkpoint(self.thinker.mark_after(segment), talker, self._talker_fed)
+            self._logits = self.thinker.prefill(segment, self.encoder.live_closing(tail, prompt, live.offset))
+        else:
+            self._logits = self.thinker.prefill(segment)
         live.windows.append(_PrefilledWindow(plan, before, prompt))
         if feed_talker:
             self._feed_talker_prompt()  # the talker's prompt too, so the answer starts with little to do

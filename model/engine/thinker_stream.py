@@ -54,15 +54,26 @@ class ThinkerStream:
         return self.cache.forward(self.thinker.model.language_model, embeds, position_ids)
 
     @torch.no_grad()
-    def prefill(self, segment: Segment) -> torch.Tensor:
-        """Adds a segment to the cache; returns the logits after its last token, (1, vocab)."""
-        hidden = self._forward(segment.embeds, segment.position_ids)
-        media = torch.isin(segment.ids, torch.tensor(MEDIA_TOKEN_IDS, device=segment.ids.device))
-        self.talker_states.append(segment.embeds.masked_fill(media.unsqueeze(-1), 0.0) + hidden)
-        self.state_positions.append(segment.position_ids)
-        self.ids.extend(segment.ids[0].tolist())
-        self.next_position = int(segment.position_ids.max()) + 1
+    def prefill(self, *segments: Segment) -> torch.Tensor:
+        """Adds segments to the cache in one forward pass; returns the logits after the last token, (1, vocab).
+        Each segment keeps its own entry of talker states, so a `mark` between two of them is one to rewind to."""
+        embeds = torch.cat([segment.embeds for segment in segments], dim=1)
+        hidden = self._forward(embeds, torch.cat([segment.position_ids for segment in segments], dim=-1))
+        start = 0
+        for segment in segments:
+            count = segment.ids.shape[1]
+            media = torch.isin(segment.ids, torch.tensor(MEDIA_TOKEN_IDS, device=segment.ids.device))
+            states = segment.embeds.masked_fill(media.unsqueeze(-1), 0.0) + hidden[:, start : start + count]
+            self.talker_states.append(states)
+            self.state_positions.append(segment.position_ids)
+            self.ids.extend(segment.ids[0].tolist())
+            self.next_position = int(segment.position_ids.max()) + 1
+            start += count
         return self.thinker.lm_head(hidden[:, -1])
+
+    def mark_after(self, segment: Segment) -> tuple[int, int, int]:
+        """The `mark` there will be once `segment` alone is prefilled (before it is)."""
+        return self.length + segment.ids.shape[1], len(self.talker_states) + 1, int(segment.position_ids.max()) + 1
 
     @torch.no_grad()
     def step(self, token: int) -> tuple[torch.Tensor, torch.Tensor]:
