@@ -73,7 +73,11 @@ class AnswerDecoder:
         if settings.seed is not None:
             generator = torch.Generator(device=device).manual_seed(settings.seed)
         self.think = TokenChooser(
-            settings.thinker, generator=generator, device=device, min_new_tokens=settings.min_new_tokens, eos=(C.IM_END_ID,),
+            settings.thinker,
+            generator=generator,
+            device=device,
+            min_new_tokens=settings.min_new_tokens,
+            eos=(C.IM_END_ID,),
             margins=settings.margins,
         )
         self.talk = TokenChooser(
