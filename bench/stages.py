@@ -21,7 +21,7 @@ STAGES = {
     "vision encoder": "thinker.model.visual",
     "thinker": "thinker.model.language_model",
     "talker": "talker.model",
-    "DiT": (f"{DIT}.time_embed", f"{DIT}.proj_out"),
+    "DiT": (f"{DIT}.input_embed.proj", f"{DIT}.proj_out"),
     "BigVGAN": "token2wav.code2wav_bigvgan_model",
 }
 DECODERS = ("thinker", "talker")

@@ -38,6 +38,18 @@ def test_min_new_tokens_suppresses_eos_until_reached():
     assert chosen == [2, 2, 2, eos]
 
 
+def test_the_length_floor_is_transformers_processor_value_for_value():
+    from transformers.generation.logits_process import MinNewTokensLengthLogitsProcessor
+
+    from model.engine.sampling import EndsSuppressed
+
+    scores = torch.randn(2, 50, generator=torch.Generator().manual_seed(1))
+    for length in (4, 6, 7, 9):
+        ids = torch.zeros(2, length, dtype=torch.long)
+        theirs = MinNewTokensLengthLogitsProcessor(4, 3, [5, 7], device="cpu")(ids, scores.clone())
+        torch.testing.assert_close(EndsSuppressed(4, 3, (5, 7), "cpu")(ids, scores.clone()), theirs, rtol=0, atol=0)
+
+
 def test_forced_lengths_still_equal_transformers(loaded, harness):
     """Past where the tiny talker would stop (it ends its speech with the text), forced lengths make both
     sides go on; greedy, they must still agree token for token and code for code."""

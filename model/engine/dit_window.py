@@ -3,9 +3,11 @@
 An RK4 solve calls the DiT 36 times on the same window. Called as `sample()` calls it, each pass encodes the
 voice's 400-frame reference mel with the ECAPA-TDNN, embeds the codes, builds the rotary table, and has each
 of the 22 layers rebuild its (batch, heads, n, n) block mask, which sdpa then converts again: on the tiny
-model that shared work was about 40% of a pass. Here the voice is encoded once per answer, the rest once per
-window, and each pass runs only what depends on the time and the noisy mel, with the very same module calls
-in the same order, so the result is `dit(...)`'s bit for bit (tests/test_token2wav_stream.py).
+model that shared work was about 40% of a pass. Here the voice is encoded once per answer, the codes, rotary
+table and masks once per window, and what depends on the time alone (its embedding and every layer's
+modulation: shift, scale and gate) once per pass index of an answer, since every window's solve walks the
+same time grid. Each pass then runs only what depends on the noisy mel, with the very same module calls
+and operations in the same order, so the result is `dit(...)`'s bit for bit (tests/test_token2wav_stream.py).
 """
 
 from __future__ import annotations
@@ -29,11 +31,52 @@ class VoiceCondition:
             self.reference = dit.input_embed.spk_encoder(ref_mel)  # (halves, enc_dim)
 
 
-class DiTWindow:
-    """The ODE's right-hand side on one window of `codes` (1, n_codes) for `voice`."""
+class TimeModulation:
+    """What each pass of a solve reads from its time alone, kept by pass index for the answer's windows: the
+    time embedding's modulation of every layer's two norms (as each layer's `attn_norm` computes them), and of
+    the final norm."""
 
-    def __init__(self, dit: torch.nn.Module, codes: torch.Tensor, voice: VoiceCondition, guidance_scale: float):
+    def __init__(self, dit: torch.nn.Module, halves: int):
+        self.dit, self.halves = dit, halves
+        self.passes: list[tuple[list[tuple[torch.Tensor, ...]], tuple[torch.Tensor, torch.Tensor]]] = []
+
+    def at(self, index: int, time: torch.Tensor):
+        """Pass `index`'s (per-layer modulation, final scale and shift), computed at its first use."""
+        if index == len(self.passes):
+            self.passes.append(self._compute(time))
+        return self.passes[index]
+
+    @torch.no_grad()
+    def _compute(self, time: torch.Tensor):
+        dit = self.dit
+        embedding = dit.time_embed(time.repeat(self.halves))
+        layers = []
+        for layer in dit.transformer_blocks:
+            norm = layer.attn_norm
+            shift, scale, gate, shift_ff, scale_ff, gate_ff = torch.chunk(norm.linear(norm.silu(embedding)), 6, dim=1)
+            layers.append(
+                (1 + scale[:, None], shift[:, None], gate.unsqueeze(1), 1 + scale_ff[:, None], shift_ff[:, None], gate_ff.unsqueeze(1))
+            )
+        final = dit.norm_out
+        scale, shift = torch.chunk(final.linear(final.silu(embedding)), 2, dim=1)
+        return layers, ((1 + scale)[:, None, :], shift[:, None, :])
+
+
+class DiTWindow:
+    """The ODE's right-hand side on one window of `codes` (1, n_codes) for `voice`. Its calls are the passes of
+    one solve, in order; `times` carries their time modulation from window to window."""
+
+    def __init__(
+        self,
+        dit: torch.nn.Module,
+        codes: torch.Tensor,
+        voice: VoiceCondition,
+        guidance_scale: float,
+        times: TimeModulation | None = None,
+    ):
         self.dit, self.guidance_scale, self.guided = dit, guidance_scale, voice.guided
+        self.times = times or TimeModulation(dit, 2 if voice.guided else 1)
+        self.passes = 0
         frames = codes.shape[1] * dit.config.repeats
         halves = 2 if voice.guided else 1
         code_embed = dit.text_embed(codes, drop_code=False)
@@ -64,24 +107,25 @@ class DiTWindow:
 
     def __call__(self, time: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
         dit = self.dit
-        halves = 2 if self.guided else 1
-        time_embedding = dit.time_embed(time.repeat(halves))
+        modulations, (final_scale, final_shift) = self.times.at(self.passes, time)
+        self.passes += 1
         reference, code_embed, speaker = self.conditions
         mel_in = torch.cat([mel, mel], dim=0) if self.guided else mel
         hidden = dit.input_embed.proj(torch.cat((mel_in, reference, code_embed, speaker), dim=-1))
-        for layer in dit.transformer_blocks:
-            hidden = self._layer(layer, hidden, time_embedding)
-        out = dit.proj_out(dit.norm_out(hidden, time_embedding))
+        for layer, modulation in zip(dit.transformer_blocks, modulations):
+            hidden = self._layer(layer, hidden, modulation)
+        out = dit.proj_out(dit.norm_out.norm(hidden) * final_scale + final_shift)
         if not self.guided:
             return out
         guided, unguided = torch.chunk(out, 2, dim=0)
         return guided + (guided - unguided) * self.guidance_scale
 
-    def _layer(self, layer, hidden: torch.Tensor, time_embedding: torch.Tensor) -> torch.Tensor:
-        """One DiT decoder layer as its forward runs it, with the window's mask instead of a fresh one."""
-        norm, gate_attn, shift_ff, scale_ff, gate_ff = layer.attn_norm(hidden, emb=time_embedding)
+    def _layer(self, layer, hidden: torch.Tensor, modulation: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """One DiT decoder layer as its forward runs it, with the window's mask and the pass's modulation."""
+        scale, shift, gate, scale_ff, shift_ff, gate_ff = modulation
+        norm = layer.attn_norm.norm(hidden) * scale + shift
         mask = self.masks[(layer.look_backward_block, layer.look_ahead_block)]
         attended = layer.attn(hidden_states=norm, position_embeddings=self.rotary, attention_mask=mask)
-        hidden = hidden + gate_attn.unsqueeze(1) * attended
-        norm = layer.ff_norm(hidden) * (1 + scale_ff[:, None]) + shift_ff[:, None]
-        return hidden + gate_ff.unsqueeze(1) * layer.ff(norm)
+        hidden = hidden + gate * attended
+        norm = layer.ff_norm(hidden) * scale_ff + shift_ff
+        return hidden + gate_ff * layer.ff(norm)

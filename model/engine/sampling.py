@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import torch
 from transformers.generation.logits_process import (
     LogitsProcessorList,
-    MinNewTokensLengthLogitsProcessor,
     RepetitionPenaltyLogitsProcessor,
     SuppressTokensLogitsProcessor,
     TemperatureLogitsWarper,
@@ -20,6 +19,21 @@ from transformers.generation.logits_process import (
 )
 
 from model import constants as C
+
+
+class EndsSuppressed:
+    """transformers' `MinNewTokensLengthLogitsProcessor`, value for value: the `eos` ids get -inf until
+    `count` tokens follow the first `prompt` ids. Its ids are a tensor made once, where transformers' builds a
+    mask over the whole vocabulary at every step."""
+
+    def __init__(self, prompt: int, count: int, eos: tuple[int, ...], device):
+        self.prompt, self.count = prompt, count
+        self.eos = torch.tensor(eos, device=device)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[-1] - self.prompt < self.count:
+            return scores.index_fill(-1, self.eos, -float("inf"))
+        return scores
 
 
 @dataclass
@@ -86,7 +100,7 @@ class TokenChooser:
         if self._min_new is not None:
             index, count, eos = self._min_new
             self._min_new = None
-            processor = MinNewTokensLengthLogitsProcessor(history.shape[-1], count, list(eos), device=str(self.device))
+            processor = EndsSuppressed(history.shape[-1], count, eos, self.device)
             self.processors.insert(index, processor)
         scores = self.processors(history, logits.float())
         if self.sampling.greedy:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from model import constants as C
-from model.engine.dit_window import MIN_GUIDANCE_SCALE, DiTWindow, VoiceCondition
+from model.engine.dit_window import MIN_GUIDANCE_SCALE, DiTWindow, TimeModulation, VoiceCondition
 
 DEFAULT_CHUNK_MEL_FRAMES = 48  # 24 codes, 480 ms: the Qwen fork's chunk
 # BigVGAN edges: each chunk is vocoded with this much already-emitted mel in front of it, and this many mel
@@ -135,6 +135,7 @@ class WindowSolver:
     def __init__(self, dit: torch.nn.Module, voice: Voice, flow: FlowSettings = FlowSettings()):
         self.dit, self.voice, self.flow = dit, voice, flow
         self.condition: VoiceCondition | None = None  # encoded at the first window, off the first text's path
+        self.times: TimeModulation | None = None  # each pass's time modulation, shared by the windows
 
     @torch.no_grad()
     def __call__(self, codes: Sequence[int] | torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -152,7 +153,8 @@ class WindowSolver:
         noise = noise.to(device=self.voice.ref_mel.device, dtype=self.voice.ref_mel.dtype)
         if self.condition is None:
             self.condition = self.voice.condition(dit, flow)
-        velocity = DiTWindow(dit, codes, self.condition, flow.guidance_scale)
+            self.times = TimeModulation(dit, 2 if self.condition.guided else 1)
+        velocity = DiTWindow(dit, codes, self.condition, flow.guidance_scale, self.times)
         times = ode_time_points(flow.num_steps, flow.sway, self.voice.cond.dtype, codes.device)
         mel = INTEGRATORS[flow.solver](velocity, noise, times)
         return mel.permute(0, 2, 1)
