@@ -4,7 +4,8 @@ transformers' `Qwen2_5OmniToken2WavModel` solves the DiT's flow-matching ODE ove
 vocodes the whole mel, so the first sample exists only after the last code. Here the same modules run on
 sliding windows (the Qwen team's streaming design, see shared/reference/streaming.md):
 
-* Mel frames are cut into chunks (48 frames = 24 codes by default). Chunk i is solved on the window
+* Mel frames are cut into chunks (48 frames = 24 codes by default; chunks after the second may double up to a
+  maximum, as the engine's answers do: 24, 48, 96, 192, 192, ...). Chunk i is solved on the window
   [start - 2 blocks, end + 1 block], clipped to the frames that exist: the DiT's attention reaches one block
   back in two layers and one block ahead in one, so that window holds a frame's receptive field of one pass.
   Window starts are multiples of the block size, so the DiT's block mask lines up as in a whole-answer decode.
