@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunk-frames", type=int, default=defaults.chunk_frames, help="the engine's second token2wav chunk; later ones double (mel frames, multiple of 24)")
     parser.add_argument("--max-chunk-frames", type=int, default=defaults.max_chunk_frames, help="where the engine's chunks stop doubling")
     parser.add_argument("--decode", choices=("auto", "growing", "static", "compiled"), default="auto", help="the engine's KV caches and decode steps (auto: compiled on CUDA, else growing)")
+    parser.add_argument("--stage-sync", choices=("auto", "on", "off"), default="auto", help="stage hooks synchronise the GPU (auto: on CUDA); off: spans are launch times, figures keep every overlap")
     parser.add_argument("--speech-thread", choices=("auto", "on", "off"), default="auto", help="token2wav on its own thread (auto: on CUDA only)")
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS), help="reference is always measured")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
@@ -81,6 +82,7 @@ def make_scenario(args) -> Scenario:
         max_chunk_frames=args.max_chunk_frames,
         speech_thread={"auto": None, "on": True, "off": False}[args.speech_thread],
         decode=args.decode,
+        stage_sync={"auto": None, "on": True, "off": False}[args.stage_sync],
     )
 
 

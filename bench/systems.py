@@ -46,6 +46,7 @@ class Scenario:
     max_chunk_frames: int = AnswerSettings.max_chunk_frames
     speech_thread: bool | None = None  # token2wav on its own thread (None: the engine's choice)
     decode: str = "auto"  # the engine's KV caches and decode steps (OmniSession's `decode`)
+    stage_sync: bool | None = None  # stage hooks synchronise the GPU (None: on CUDA); off keeps every overlap
     seed: int = 0  # fixes token2wav's noise; decoding is greedy, so the runs repeat exactly
 
     def describe(self) -> dict:
@@ -64,6 +65,7 @@ class Scenario:
             "engine_max_chunk_frames": self.max_chunk_frames,
             "engine_speech_thread": self.speech_thread,
             "engine_decode": self.decode,
+            "stage_sync": self.stage_sync,
             "decoding": "greedy thinker, greedy talker with its repetition penalty",
         }
 
@@ -204,7 +206,7 @@ def measure(system: str, loaded, scenario: Scenario) -> TurnRecord:
     """One answer of `system`, with its stage spans (relative to the end of input) and peak memory."""
     memory = PeakMemory(loaded.device)
     memory.reset()
-    with StageRecorder(loaded.model) as recorder:
+    with StageRecorder(loaded.model, sync=scenario.stage_sync) as recorder:
         record = RUNNERS[system](loaded, scenario, recorder)
     record.peak_memory_mib = memory.peak_mib()
     record.spans = [Span(s.stage, s.start - record.zero, s.end - record.zero, s.positions) for s in recorder.spans]
