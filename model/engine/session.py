@@ -39,7 +39,6 @@ from model.engine.prompt import TurnTemplate
 from model.engine.talker_stream import TalkerStream
 from model.engine.thinker_stream import ThinkerStream
 
-
 DECODE_MODES = ("growing", "static", "compiled")
 
 

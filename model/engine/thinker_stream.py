@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+
 from model import constants as C
 from model.engine.kv_cache import GrowingKV, StaticKV
 

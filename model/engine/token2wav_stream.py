@@ -30,7 +30,12 @@ import numpy as np
 import torch
 
 from model import constants as C
-from model.engine.dit_window import MIN_GUIDANCE_SCALE, DiTWindow, TimeModulation, VoiceCondition
+from model.engine.dit_window import (
+    MIN_GUIDANCE_SCALE,
+    DiTWindow,
+    TimeModulation,
+    VoiceCondition,
+)
 
 DEFAULT_CHUNK_MEL_FRAMES = 48  # 24 codes, 480 ms: the Qwen fork's chunk
 # BigVGAN edges: each chunk is vocoded with this much already-emitted mel in front of it, and this many mel
