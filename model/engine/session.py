@@ -222,14 +222,10 @@ class OmniSession:
         self._roll_back_changed(final=True)
         # The windows still open, the last with the closing tokens in the same forward pass (one pass fewer
         # before the first text). Their talker prompt waits for the answer's first token, off that path too.
-        for index in range(len(live.windows), timeline.window_count()):
-            last_open = index == timeline.window_count() - 1
-            self._prefill_window(timeline.plan(index, final=True), feed_talker=False, close=last_open)
-        if live.closing is None:  # every window was in before the user stopped: the closing alone
-            last = live.windows[-1]
-            tail = self._tokens(self.template.live_tail(live.first, last.plan.camera, last.plan.sound))
-            live.closing = self._checkpoint()
-            self._logits = self.thinker.prefill(self.encoder.live_closing(tail, last.prompt, live.offset))
+        open_plans = [timeline.plan(index, final=True) for index in range(len(live.windows), timeline.window_count())]
+        for plan in open_plans[:-1]:
+            self._prefill_windows([plan])
+        self._prefill_windows(open_plans[-1:], close=True)
         self._live, self._ended_live = None, live
         record = LiveTurn(timeline.audio()[: timeline.kept_samples()], timeline.slot_frames())
         record.span = self.thinker.next_position - live.offset
@@ -266,7 +262,8 @@ class OmniSession:
         live = self._live
         self._roll_back_changed(final=False)
         while len(live.windows) < live.timeline.settled_count():
-            self._prefill_window(live.timeline.plan(len(live.windows), final=False))
+            self._prefill_windows([live.timeline.plan(len(live.windows), final=False)])
+            self._feed_talker_prompt()  # the talker's prompt too, so the answer starts with little to do
 
     def _roll_back_changed(self, final: bool) -> None:
         """Rolls the caches back to the first prefilled window whose content is not what it was."""
@@ -279,25 +276,28 @@ class OmniSession:
                 return
 
     @torch.no_grad()
-    def _prefill_window(self, plan: Window, feed_talker: bool = True, close: bool = False) -> None:
-        """Encodes one window (its frame pairs, its sound) and prefills its tokens: video, then audio; with
-        `close`, the turn's closing tokens after them, in the same pass."""
+    def _prefill_windows(self, plans: list[Window], close: bool = False) -> None:
+        """Encodes windows (their frame pairs, their sound) and prefills their tokens in one forward pass:
+        each window's video, then its audio; with `close`, the turn's closing tokens after them."""
         live, timeline = self._live, self._live.timeline
-        head = self._tokens(self.template.live_head(live.first, plan.camera, plan.sound)) if plan.index == 0 else []
-        tail = self._tokens(self.template.live_tail(live.first, plan.camera, plan.sound))
+        talker = self.talker.mark() if self.talker else None
+        segments, prefilled = [], []
         so_far = live.windows[-1].prompt if live.windows else LivePrompt()
-        before = self._checkpoint()
-        frames = [timeline.frame(f) for f in plan.frames]
-        segment, prompt = self.encoder.live_window(frames, timeline.window_audio(plan), head, tail, so_far, live.offset)
+        for plan in plans:
+            head = self._tokens(self.template.live_head(live.first, plan.camera, plan.sound)) if plan.index == 0 else []
+            tail = self._tokens(self.template.live_tail(live.first, plan.camera, plan.sound))
+            before = _Checkpoint(self.thinker.mark_after(*segments), talker, self._talker_fed)
+            frames = [timeline.frame(f) for f in plan.frames]
+            segment, so_far = self.encoder.live_window(frames, timeline.window_audio(plan), head, tail, so_far, live.offset)
+            segments.append(segment)
+            prefilled.append(_PrefilledWindow(plan, before, so_far))
         if close:
-            talker = self.talker.mark() if self.talker else None
-            live.closing = _Checkpoint(self.thinker.mark_after(segment), talker, self._talker_fed)
-            self._logits = self.thinker.prefill(segment, self.encoder.live_closing(tail, prompt, live.offset))
-        else:
-            self._logits = self.thinker.prefill(segment)
-        live.windows.append(_PrefilledWindow(plan, before, prompt))
-        if feed_talker:
-            self._feed_talker_prompt()  # the talker's prompt too, so the answer starts with little to do
+            last = (prefilled or live.windows)[-1].plan
+            tail = self._tokens(self.template.live_tail(live.first, last.camera, last.sound))
+            live.closing = _Checkpoint(self.thinker.mark_after(*segments), talker, self._talker_fed)
+            segments.append(self.encoder.live_closing(tail, so_far, live.offset))
+        self._logits = self.thinker.prefill(*segments)
+        live.windows.extend(prefilled)
 
     def _tokens(self, text: str) -> list[int]:
         return self.processor.tokenizer(text).input_ids

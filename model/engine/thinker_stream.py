@@ -72,9 +72,12 @@ class ThinkerStream:
             start += count
         return self.thinker.lm_head(hidden[:, -1])
 
-    def mark_after(self, segment: Segment) -> tuple[int, int, int]:
-        """The `mark` there will be once `segment` alone is prefilled (before it is)."""
-        return self.length + segment.ids.shape[1], len(self.talker_states) + 1, int(segment.position_ids.max()) + 1
+    def mark_after(self, *segments: Segment) -> tuple[int, int, int]:
+        """The `mark` there will be once `segments` are prefilled (before they are; none: the mark now)."""
+        if not segments:
+            return self.mark()
+        length = self.length + sum(segment.ids.shape[1] for segment in segments)
+        return length, len(self.talker_states) + len(segments), int(segments[-1].position_ids.max()) + 1
 
     @torch.no_grad()
     def step(self, token: int) -> tuple[torch.Tensor, torch.Tensor]:
