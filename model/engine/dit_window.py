@@ -23,6 +23,7 @@ class VoiceCondition:
 
     def __init__(self, dit: torch.nn.Module, cond: torch.Tensor, ref_mel: torch.Tensor, guided: bool):
         self.guided = guided
+        self.halves = 2 if guided else 1  # the batch every pass runs
         if guided:
             cond = torch.cat([cond, torch.zeros_like(cond)], dim=0)
             ref_mel = torch.cat([ref_mel, torch.zeros_like(ref_mel)], dim=0)
@@ -72,22 +73,17 @@ class DiTWindow:
         codes: torch.Tensor,
         voice: VoiceCondition,
         guidance_scale: float,
-        times: TimeModulation | None = None,
+        times: TimeModulation,
     ):
-        self.dit, self.guidance_scale, self.guided = dit, guidance_scale, voice.guided
-        self.times = times or TimeModulation(dit, 2 if voice.guided else 1)
+        self.dit, self.guidance_scale, self.guided, self.times = dit, guidance_scale, voice.guided, times
         self.passes = 0
         frames = codes.shape[1] * dit.config.repeats
-        halves = 2 if voice.guided else 1
+        halves = voice.halves
         code_embed = dit.text_embed(codes, drop_code=False)
         if voice.guided:
             code_embed = torch.cat([code_embed, dit.text_embed(codes, drop_code=True)], dim=0)
         reference = voice.reference.unsqueeze(1).repeat(1, frames, 1)
-        speaker = torch.cat(
-            [voice.speaker[:1].unsqueeze(1).repeat(1, frames, 1)]
-            + ([torch.zeros_like(voice.speaker[:1]).unsqueeze(1).repeat(1, frames, 1)] if voice.guided else []),
-            dim=0,
-        )
+        speaker = voice.speaker.unsqueeze(1).repeat(1, frames, 1)
         self.conditions = (reference, code_embed, speaker)  # what the input projection reads besides the mel
         positions = torch.arange(frames, device=codes.device)[None, :].repeat(halves, 1)
         probe = torch.empty(0, dtype=reference.dtype, device=codes.device)

@@ -26,7 +26,7 @@ from model.engine.token2wav_stream import StreamingToken2Wav
 def start_speech(stream: StreamingToken2Wav, threaded: bool | None = None) -> SpeechWorker | InlineSpeech:
     """`threaded`: None picks the thread on CUDA only (see above)."""
     if threaded is None:
-        threaded = next(stream.dit.parameters()).device.type == "cuda"
+        threaded = stream.voice.cond.device.type == "cuda"  # the voice lives on the DiT's device
     return SpeechWorker(stream) if threaded else InlineSpeech(stream)
 
 
@@ -69,10 +69,9 @@ class SpeechWorker:
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
         self._ended = False
-        device = next(stream.dit.parameters()).device
         self._thread = threading.Thread(
             target=self._run,
-            args=(stream, torch.get_num_threads(), device),
+            args=(stream, torch.get_num_threads()),
             name="token2wav",
             daemon=True,
         )
@@ -130,8 +129,9 @@ class SpeechWorker:
 
     # ------------------------------------------------------------------ the worker's thread
 
-    def _run(self, stream: StreamingToken2Wav, threads: int, device: torch.device) -> None:
+    def _run(self, stream: StreamingToken2Wav, threads: int) -> None:
         torch.set_num_threads(threads)  # a new thread starts from the process default, not the caller's setting
+        device = stream.voice.cond.device
         side_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         try:
             with torch.no_grad(), torch.cuda.stream(side_stream) if side_stream else contextlib.nullcontext():

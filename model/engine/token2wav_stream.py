@@ -159,7 +159,7 @@ class WindowSolver:
         noise = noise.to(device=self.voice.ref_mel.device, dtype=self.voice.ref_mel.dtype)
         if self.condition is None:
             self.condition = self.voice.condition(dit, flow)
-            self.times = TimeModulation(dit, 2 if self.condition.guided else 1)
+            self.times = TimeModulation(dit, self.condition.halves)
         velocity = DiTWindow(dit, codes, self.condition, flow.guidance_scale, self.times)
         times = ode_time_points(flow.num_steps, flow.sway, self.voice.cond.dtype, codes.device)
         mel = INTEGRATORS[flow.solver](velocity, noise, times)
@@ -288,7 +288,7 @@ class ChunkSchedule:
     def chunk_size(self, index: int) -> int:
         if index == 0:
             return self.first_chunk_frames
-        return min(self.chunk_frames << min(index - 1, 32), self.max_chunk_frames)
+        return min(self.chunk_frames * 2 ** (index - 1), self.max_chunk_frames)
 
     def chunk_start(self, index: int) -> int:
         return sum(self.chunk_size(i) for i in range(index))
@@ -384,8 +384,9 @@ class StreamingToken2Wav:
             longest = C.TALKER_MAX_NEW_TOKENS * self.mel_frames_per_code
             max_frames = noise.shape[1] if isinstance(noise, torch.Tensor) else longest
         self.max_frames = max_frames
-        self._noise_source = make_noise(noise, max_frames, self.dit.config.mel_dim) if isinstance(noise, torch.Tensor) else noise
-        self.noise: torch.Tensor | None = None  # drawn at the first window, off the first text's path
+        given = isinstance(noise, torch.Tensor)
+        self._seed = None if given else noise  # a seed, or None for torch's RNG
+        self._given_noise = make_noise(noise, max_frames, self.dit.config.mel_dim)[:, :max_frames] if given else None
         self.reset()
 
     @property
@@ -395,17 +396,14 @@ class StreamingToken2Wav:
     def reset(self) -> None:
         """Forget the answer; keep the voice, settings and a given noise tensor (a seed draws the same again)."""
         self.state = StreamState()
-        if not isinstance(self._noise_source, torch.Tensor):
-            self.noise = None
+        self.noise: torch.Tensor | None = self._given_noise  # else drawn at the first window, off the first text's path
 
     def _draw_noise(self, plan: ChunkPlan) -> torch.Tensor:
-        """The answer's noise. A whole answer in one window gets exactly its frames' worth, the draw transformers
-        makes (on a GPU a longer draw does not begin with the same values); a longer one the longest answer's."""
-        if isinstance(self._noise_source, torch.Tensor):
-            return self._noise_source[:, : self.max_frames]
+        """The answer's noise from the seed (or torch's RNG). A whole answer in one window gets exactly its
+        frames' worth, the draw transformers makes (on a GPU a longer draw does not begin with the same
+        values); a longer one the longest answer's."""
         frames = plan.window_end if plan.index == 0 and plan.is_last else self.max_frames
-        device = next(self.dit.parameters()).device
-        return make_noise(self._noise_source, frames, self.dit.config.mel_dim, device)
+        return make_noise(self._seed, frames, self.dit.config.mel_dim, self.voice.cond.device)
 
     def feed(self, codes: Sequence[int]) -> list[np.ndarray]:
         """Add the talker's next codes; returns the chunks whose look-ahead is now complete."""
