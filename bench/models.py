@@ -16,7 +16,7 @@ import torch
 
 from model import constants as C
 from model import tiny
-from model.loading import LoadedOmni, default_device, ensure_tiny_checkpoint, load_omni, pick_attention
+from model.loading import LoadedOmni, default_device, default_dtype, ensure_tiny_checkpoint, load_omni, pick_attention
 
 RANDOM_CONFIGS = {
     "3b": C.REFERENCE_3B_DIR / "config.json",
@@ -61,7 +61,7 @@ def random_omni(
     from model.processing import OmniProcessor
 
     device = torch.device(device) if device else default_device()
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = dtype or default_dtype(device)
     attn = pick_attention(device)
     with torch.device(device):  # built in place: a 7B built on the CPU first would need 43 GB there
         model = Qwen2_5OmniForConditionalGeneration._from_config(

@@ -56,6 +56,11 @@ def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def default_dtype(device: torch.device) -> torch.dtype:
+    """The thinker's and talker's: bfloat16 on CUDA, float32 elsewhere (token2wav is always float32)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
 def tiny_cache_dir() -> Path:
     root = os.environ.get("OMNI_DEMO_CACHE") or Path.home() / ".cache" / "omni-demo"
     return Path(root) / f"tiny-qwen2.5-omni-{TINY_VERSION}"
@@ -229,7 +234,7 @@ def load_omni(
     directory = ensure_tiny_checkpoint() if source == TINY else resolve_checkpoint_dir(source)
     check_checkpoint_dir(directory)
     is_tiny = (directory / tiny.MARKER_FILE).is_file()
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = dtype or default_dtype(device)
     attn = pick_attention(device)
     try:
         model = load_model_weights(directory, device, dtype, attn)
