@@ -57,11 +57,14 @@ def compare(loaded, case: str, tokens: int) -> dict:
     done = events[-1]
     assert isinstance(done, AnswerDone)
     reference = reference_generate(loaded, conversation, max_new_tokens=tokens, talker=TalkerSampling(greedy=True), noise_seed=0)
+    audio = np.concatenate([e.samples for e in events if isinstance(e, AudioChunk)] or [np.zeros(0, np.float32)])
     result = {
         "case": case,
         "prompt_equal": session.thinker.ids[: len(reference.prompt_ids)] == reference.prompt_ids,
         "tokens": len(done.tokens),
         "codes": len(done.codes),
+        "audio_samples": len(audio),
+        "audio_finite": bool(np.isfinite(audio).all()),
         "tokens_part": first_part(done.tokens, reference.thinker_tokens, done.token_margins),
         "smallest_token_margin": min(done.token_margins, default=None),
     }
@@ -69,7 +72,6 @@ def compare(loaded, case: str, tokens: int) -> dict:
         result["codes_part"] = first_part(done.codes, reference.talker_codes, done.code_margins)
         result["smallest_code_margin"] = min(done.code_margins, default=None)
         if result["codes_part"] is None and reference.waveform is not None:
-            audio = np.concatenate([e.samples for e in events if isinstance(e, AudioChunk)])
             same_length = len(audio) == len(reference.waveform)
             result["waveform_equal"] = bool(same_length and np.array_equal(audio, reference.waveform))
             if same_length:
