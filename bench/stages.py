@@ -55,7 +55,8 @@ class StageRecorder:
         self._handles = []
         self._open: dict[str, list[tuple[float, int]]] = {}
 
-    def _now(self) -> float:
+    def now(self) -> float:
+        """Now, once the GPU has finished what it was given (with `sync`)."""
         if self.sync:
             torch.cuda.synchronize()
         return time.perf_counter()
@@ -66,11 +67,11 @@ class StageRecorder:
 
             def before(module, args, kwargs, stage=stage):
                 positions = _positions(args, kwargs) if stage in DECODERS else 0
-                self._open.setdefault(stage, []).append((self._now(), positions))
+                self._open.setdefault(stage, []).append((self.now(), positions))
 
             def after(module, args, kwargs, output, stage=stage):
                 start, positions = self._open[stage].pop()
-                self.spans.append(Span(stage, start, self._now(), positions))
+                self.spans.append(Span(stage, start, self.now(), positions))
 
             self._handles.append(self.model.get_submodule(first).register_forward_pre_hook(before, with_kwargs=True))
             self._handles.append(self.model.get_submodule(last).register_forward_hook(after, with_kwargs=True))

@@ -110,26 +110,31 @@ class TurnRecord:
 def run_reference(loaded, scenario: Scenario, recorder: StageRecorder) -> TurnRecord:
     conversation = Conversation()
     conversation.add_user(*scenario.parts)
+    # The first token exists once the thinker's prefill has its logits: the first call of the LM head (what a
+    # streamer on the thinker would show at the earliest; generate itself hands text and audio over only when
+    # it returns). Its logits processors and argmax are not counted, so the figure flatters transformers.
+    heads = []
+    hook = loaded.model.thinker.lm_head.register_forward_hook(lambda *_: heads.append(recorder.now()))
     zero = time.perf_counter()
-    result = reference_generate(
-        loaded,
-        conversation,
-        voice=scenario.voice,
-        max_new_tokens=scenario.tokens,
-        thinker_min_new_tokens=scenario.tokens,
-        talker_max_new_tokens=scenario.codes,
-        talker_min_new_tokens=scenario.codes,
-        talker=TalkerSampling(greedy=True),
-        seed=scenario.seed,
-        noise_seed=scenario.seed,
-    )
+    try:
+        result = reference_generate(
+            loaded,
+            conversation,
+            voice=scenario.voice,
+            max_new_tokens=scenario.tokens,
+            thinker_min_new_tokens=scenario.tokens,
+            talker_max_new_tokens=scenario.codes,
+            talker_min_new_tokens=scenario.codes,
+            talker=TalkerSampling(greedy=True),
+            seed=scenario.seed,
+            noise_seed=scenario.seed,
+        )
+    finally:
+        hook.remove()
     end = time.perf_counter()
     record = TurnRecord("reference", zero, total=end - zero)
     record.tokens, record.codes = len(result.thinker_tokens), len(result.talker_codes)
-    # The first token exists once the thinker's prefill returns its logits (what a streamer on the thinker
-    # would show); generate itself hands text and audio over only when it returns.
-    prefill = next(s for s in recorder.spans if s.stage == "thinker" and s.start >= zero)
-    record.first_text = prefill.end - zero
+    record.first_text = heads[0] - zero
     record.first_audio = record.total
     record.audio_seconds = record.first_chunk_seconds = result.audio_seconds
     record.chunks = 1

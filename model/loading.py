@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from model import constants as C
+from model.engine.token2wav_stream import VoiceCache
 
 GIB = 1024**3
 # Free GPU memory that `--model auto` asks for before choosing a size: the official minimum for a 15 s
@@ -41,6 +42,7 @@ class LoadedOmni:
     attn_implementation: str
     is_tiny: bool = False
     notes: list[str] = field(default_factory=list)
+    voice_cache: VoiceCache = field(default_factory=VoiceCache)  # every session's answers share it
 
     @property
     def voice_names(self) -> list[str]:

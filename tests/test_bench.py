@@ -162,6 +162,22 @@ def test_benchmark_runs_once_on_the_tiny_checkpoint(tiny_dir, tmp_path, capsys):
         assert COLOURS[stage] in colours, stage
 
 
+def test_transformers_first_text_is_when_its_first_logits_exist(loaded):
+    """Not the end of the thinker's language model: its LM head runs after it, over every prompt position."""
+    from bench.stages import StageRecorder
+    from bench.systems import Scenario, run_reference
+    from model.conversation import Audio
+    from model.media import load_audio
+
+    scenario = Scenario([Audio(load_audio(cases.SPOKEN_QUESTION))], 2.9, tokens=2, codes=30)
+    with StageRecorder(loaded.model) as recorder:
+        record = run_reference(loaded, scenario, recorder)
+    thinker = [span for span in recorder.spans if span.stage == "thinker" and span.start >= record.zero]
+    prefill, first_step = thinker[0], next(span for span in thinker if span.positions == 1)
+    assert prefill.positions > 1
+    assert prefill.end - record.zero < record.first_text < first_step.start - record.zero
+
+
 def test_trimmed_log_mel_is_the_padded_one_bit_for_bit(loaded):
     """The processor computes trimmed audio features without 300 s of padding (a lever measured in
     docs/performance.md); every frame the model reads must still be the padded call's."""

@@ -17,6 +17,7 @@ from model import constants as C
 from model.conversation import Text
 from model.reference import TalkerSampling, reference_generate
 from model.engine.sampling import Sampling
+from model.engine.token2wav_stream import PreparedVoice
 from model.session import AnswerDone, AnswerSettings, AudioChunk, OmniSession, TextDelta
 
 MARGIN_TOLERANCE = 1e-3  # float32 logits of O(10): error between summation orders is well below this
@@ -205,6 +206,19 @@ def test_token2wav_settings_reach_the_decoder(loaded, harness):
     assert done.codes == harness.result("text").talker_codes  # same codes, other solver
     assert len(euler) == len(harness.result("text").waveform)
     assert not np.array_equal(euler, harness.result("text").waveform)
+
+
+def test_every_session_shares_the_models_prepared_voices(loaded, harness, monkeypatch):
+    """A voice's DiT conditioning and time modulation are made at its first answer on the model, then kept."""
+    made, real = [], PreparedVoice.make
+    monkeypatch.setattr(PreparedVoice, "make", classmethod(lambda cls, *args: made.append(args) or real(*args)))
+    settings = greedy_settings(harness, solver="euler", num_steps=3)  # settings no other test prepares
+    for _ in range(2):
+        session = OmniSession(loaded)
+        session.add_user_turn(*harness.conversation("text").turns[0].parts)
+        events, done = run(session, settings)
+        assert done.codes == harness.result("text").talker_codes and any(isinstance(e, AudioChunk) for e in events)
+    assert len(made) == 1
 
 
 def test_abandoned_answer_leaves_the_session_usable(loaded, harness):

@@ -8,6 +8,8 @@ by sample, which pins down windows, noise slicing and vocoder trims without any 
 
 from __future__ import annotations
 
+import threading
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,8 +18,10 @@ import torch
 
 from model.engine.token2wav_stream import (
     FlowSettings,
+    PreparedVoice,
     StreamingToken2Wav,
     Voice,
+    VoiceCache,
     decode_whole,
     integrate_rk4,
     ode_time_points,
@@ -200,6 +204,56 @@ def test_rk4_step_is_transformers_solver():
     assert torch.equal(ode_time_points(10, -1.0, torch.float32, torch.device("cpu")), times)
     expected = RungeKutta4ODESolver(velocity, start).integrate(times)[-1]
     assert torch.equal(integrate_rk4(velocity, start, times), expected)
+
+
+def count_preparations(monkeypatch, delay: float = 0.0) -> list:
+    """Patches PreparedVoice.make to note each call (after `delay` seconds, to widen a race)."""
+    made, real = [], PreparedVoice.make
+
+    def make(cls, *args):
+        made.append(args)
+        time.sleep(delay)
+        return real(*args)
+
+    monkeypatch.setattr(PreparedVoice, "make", classmethod(make))
+    return made
+
+
+def test_a_prepared_voice_serves_every_answer_and_changes_no_sample(token2wav, voice, monkeypatch):
+    codes = random_codes(60, seed=4)  # chunks of 24, 48, then the rest: three windows, 36 RK4 passes each
+    sizes = {"first_chunk_frames": 24, "chunk_frames": 48}
+    alone, _ = stream_all(StreamingToken2Wav(token2wav, voice, noise=5, **sizes), codes, step=3)
+    made = count_preparations(monkeypatch)
+    cache = VoiceCache()
+    for answer in range(2):
+        stream = StreamingToken2Wav(token2wav, voice, noise=5, voice_cache=(cache, "Chelsie"), **sizes)
+        chunks, _ = stream_all(stream, codes, step=3)
+        assert len(chunks) == len(alone) == 3
+        for ours, theirs in zip(chunks, alone):
+            np.testing.assert_array_equal(ours, theirs)
+    assert len(made) == 1  # the second answer's windows read the first answer's preparation
+
+
+def test_the_voice_cache_prepares_each_voice_once_across_threads(token2wav, voice, monkeypatch):
+    made = count_preparations(monkeypatch, delay=0.05)
+    cache, dit = VoiceCache(), token2wav.code2wav_dit_model
+    the_voice, flow = Voice.from_spk_dict(voice, torch.device("cpu")), FlowSettings(**FAST)
+    barrier, got = threading.Barrier(6), []
+
+    def answer():
+        barrier.wait()
+        got.append(cache.get("Chelsie", dit, the_voice, flow))
+
+    threads = [threading.Thread(target=answer) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(got) == 6 and all(entry is got[0] for entry in got)
+    assert len(made) == 1
+    assert len(got[0].times.passes) == 1  # Euler over 2 time points: one DiT pass
+    rk4 = cache.get("Chelsie", dit, the_voice, FlowSettings())  # other flow settings: another entry
+    assert rk4 is not got[0] and len(rk4.times.passes) == 36 and len(made) == 2
 
 
 # --- 2. causality: a chunk depends on nothing after its look-ahead block ----------------------------------

@@ -27,7 +27,7 @@ from model.engine.sampling import TokenChooser
 from model.engine.speech_worker import start_speech
 from model.engine.talker_stream import TalkerStream
 from model.engine.thinker_stream import ThinkerStream
-from model.engine.token2wav_stream import StreamingToken2Wav
+from model.engine.token2wav_stream import StreamingToken2Wav, VoiceCache
 
 
 class TextStreamer:
@@ -61,12 +61,13 @@ class AnswerDecoder:
         settings: AnswerSettings,
         interrupt: threading.Event,
         started: float,
-        prepare_talker: Callable[[], None] = lambda: None,
+        talker_prompt: Callable[[], tuple[torch.Tensor, torch.Tensor] | None] = lambda: None,
+        voice_cache: VoiceCache | None = None,
     ):
         self.thinker, self.talker, self.settings = thinker, talker, settings
         self.interrupt = interrupt
         self.started = started
-        self.prepare_talker = prepare_talker
+        self.talker_prompt = talker_prompt  # the conversation the talker has not read yet, for its first forward
         self.timings = Timings()
         device = thinker.device
         generator = None
@@ -100,6 +101,7 @@ class AnswerDecoder:
                 max_chunk_frames=settings.max_chunk_frames,
                 solver=settings.solver,
                 num_steps=settings.num_steps,
+                voice_cache=(voice_cache, settings.voice) if voice_cache is not None else None,
             )
             embed = thinker.embed
             self.bos_embed = embed(torch.tensor([[voice["bos_token"]]], device=device))
@@ -161,8 +163,7 @@ class AnswerDecoder:
     def _talk_step(self, reply: torch.Tensor) -> Iterator[AudioChunk]:
         """One talker step fed `reply`; the code it chose goes to token2wav."""
         if self._code_logits is None:
-            self.prepare_talker()
-            self._code_logits = self.talker.start(self.bos_embed, reply)
+            self._code_logits = self.talker.start(self.bos_embed, reply, self.talker_prompt())
         else:
             self._code_logits = self.talker.step(self.codes[-1], reply)
         code = self.talk.choose(self._code_logits, self.talker.penalty_history())

@@ -3,11 +3,12 @@
 An RK4 solve calls the DiT 36 times on the same window. Called as `sample()` calls it, each pass encodes the
 voice's 400-frame reference mel with the ECAPA-TDNN, embeds the codes, builds the rotary table, and has each
 of the 22 layers rebuild its (batch, heads, n, n) block mask, which sdpa then converts again: on the tiny
-model that shared work was about 40% of a pass. Here the voice is encoded once per answer, the codes, rotary
-table and masks once per window, and what depends on the time alone (its embedding and every layer's
-modulation: shift, scale and gate) once per pass index of an answer, since every window's solve walks the
-same time grid. Each pass then runs only what depends on the noisy mel, with the very same module calls
-and operations in the same order, so the result is `dit(...)`'s bit for bit (tests/test_token2wav_stream.py).
+model that shared work was about 40% of a pass. Here the voice's encoding and what depends on the time
+alone (its embedding and every layer's modulation: shift, scale and gate, by pass index, since every
+window's solve walks the same time grid) are made once per voice for every answer (`PreparedVoice` in
+model/engine/token2wav_stream.py), the codes, rotary table and masks once per window. Each pass then runs
+only what depends on the noisy mel, with the very same module calls and operations in the same order, so
+the result is `dit(...)`'s bit for bit (tests/test_token2wav_stream.py).
 """
 
 from __future__ import annotations
@@ -33,18 +34,17 @@ class VoiceCondition:
 
 
 class TimeModulation:
-    """What each pass of a solve reads from its time alone, kept by pass index for the answer's windows: the
-    time embedding's modulation of every layer's two norms (as each layer's `attn_norm` computes them), and of
-    the final norm."""
+    """What each pass of a solve reads from its time alone, computed once for every pass of the time grid
+    (the times `pass_times` lists) and read by pass index: the time embedding's modulation of every layer's
+    two norms (as each layer's `attn_norm` computes them), and of the final norm. Never changed once made,
+    so answers on any thread may share it."""
 
-    def __init__(self, dit: torch.nn.Module, halves: int):
+    def __init__(self, dit: torch.nn.Module, halves: int, pass_times: list[torch.Tensor]):
         self.dit, self.halves = dit, halves
-        self.passes: list[tuple[list[tuple[torch.Tensor, ...]], tuple[torch.Tensor, torch.Tensor]]] = []
+        self.passes = [self._compute(time) for time in pass_times]
 
-    def at(self, index: int, time: torch.Tensor):
-        """Pass `index`'s (per-layer modulation, final scale and shift), computed at its first use."""
-        if index == len(self.passes):
-            self.passes.append(self._compute(time))
+    def at(self, index: int):
+        """Pass `index`'s (per-layer modulation, final scale and shift)."""
         return self.passes[index]
 
     @torch.no_grad()
@@ -103,7 +103,7 @@ class DiTWindow:
 
     def __call__(self, time: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
         dit = self.dit
-        modulations, (final_scale, final_shift) = self.times.at(self.passes, time)
+        modulations, (final_scale, final_shift) = self.times.at(self.passes)  # made at this very time
         self.passes += 1
         reference, code_embed, speaker = self.conditions
         mel_in = torch.cat([mel, mel], dim=0) if self.guided else mel

@@ -284,8 +284,8 @@ class OmniSession:
         segments, prefilled = [], []
         so_far = live.windows[-1].prompt if live.windows else LivePrompt()
         for plan in plans:
-            head = self._tokens(self.template.live_head(live.first, plan.camera, plan.sound)) if plan.index == 0 else []
-            tail = self._tokens(self.template.live_tail(live.first, plan.camera, plan.sound))
+            head = self.template.live_ids("head", live.first, plan.camera, plan.sound) if plan.index == 0 else []
+            tail = self.template.live_ids("tail", live.first, plan.camera, plan.sound)
             before = _Checkpoint(self.thinker.mark_after(*segments), talker, self._talker_fed)
             frames = [timeline.frame(f) for f in plan.frames]
             segment, so_far = self.encoder.live_window(frames, timeline.window_audio(plan), head, tail, so_far, live.offset)
@@ -293,14 +293,11 @@ class OmniSession:
             prefilled.append(_PrefilledWindow(plan, before, so_far))
         if close:
             last = (prefilled or live.windows)[-1].plan
-            tail = self._tokens(self.template.live_tail(live.first, last.camera, last.sound))
+            tail = self.template.live_ids("tail", live.first, last.camera, last.sound)
             live.closing = _Checkpoint(self.thinker.mark_after(*segments), talker, self._talker_fed)
             segments.append(self.encoder.live_closing(tail, so_far, live.offset))
         self._logits = self.thinker.prefill(*segments)
         live.windows.extend(prefilled)
-
-    def _tokens(self, text: str) -> list[int]:
-        return self.processor.tokenizer(text).input_ids
 
     # ------------------------------------------------------------------ the caches
 
@@ -318,18 +315,22 @@ class OmniSession:
             self.thinker.prefill(self.thinker.text_segment(self._closing))
             self._closing = []
 
-    def _feed_talker_prompt(self, now: bool = False, through: int | None = None) -> None:
-        """Prefills the talker with the thinker states it has not seen yet (its prompt is the conversation),
-        up to entry `through` of the thinker's states (default: all); as input arrives when `prefill_talker`
-        is on, else `now`, when a spoken answer starts."""
-        if self.talker is None or not (self.prefill_talker or now):
-            return
+    def _feed_talker_prompt(self) -> None:
+        """Prefills the talker with the thinker states it has not read yet (its prompt is the conversation), as
+        input arrives, when `prefill_talker` is on."""
+        if self.talker is not None and self.prefill_talker and (prompt := self._unread_talker_states()):
+            self.talker.feed_prompt(*prompt)
+
+    def _unread_talker_states(self, through: int | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The thinker states the talker has not read, up to entry `through` (default: all), with their rope
+        ids, counted as read from here."""
         through = len(self.thinker.talker_states) if through is None else through
-        states = self.thinker.talker_states[self._talker_fed : through]
-        if states:
-            positions = self.thinker.state_positions[self._talker_fed : through]
-            self.talker.feed_prompt(torch.cat(states, dim=1), torch.cat(positions, dim=-1))
-            self._talker_fed = through
+        if through <= self._talker_fed:
+            return None
+        states = torch.cat(self.thinker.talker_states[self._talker_fed : through], dim=1)
+        positions = torch.cat(self.thinker.state_positions[self._talker_fed : through], dim=-1)
+        self._talker_fed = through
+        return states, positions
 
     # ------------------------------------------------------------------ history
 
@@ -421,8 +422,9 @@ class OmniSession:
             settings,
             self._interrupt,
             started,
-            # The talker's prompt (the conversation so far) just before its first step: after the first text.
-            prepare_talker=lambda: self._feed_talker_prompt(now=True, through=prompt_states),
+            # The talker's prompt (the conversation so far), in its first forward pass: after the first text.
+            talker_prompt=lambda: self._unread_talker_states(through=prompt_states),
+            voice_cache=self.loaded.voice_cache,
         )
         logits, self._logits = self._logits, None
         start = self.thinker.next_position

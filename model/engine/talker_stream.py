@@ -52,16 +52,28 @@ class TalkerStream:
         self.next_position = self.prompt_next_position = int(position_ids.max()) + 1
 
     @torch.no_grad()
-    def start(self, speaker_bos_embed: torch.Tensor, first_reply: torch.Tensor) -> torch.Tensor:
-        """The answer's first talker forward: speaker BOS + codec pad, first reply state + codec BOS.
-        Returns the logits of the first code."""
+    def start(
+        self, speaker_bos_embed: torch.Tensor, first_reply: torch.Tensor, prompt: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """The answer's first talker forward: speaker BOS + codec pad, first reply state + codec BOS, after
+        `prompt` (conversation states not fed yet, as `feed_prompt` takes them) in the same forward pass, as
+        transformers prefills the talker. Returns the logits of the first code."""
         inputs = torch.cat(
             [speaker_bos_embed + self.codec_embed(C.CODEC_PAD_ID), first_reply + self.codec_embed(C.CODEC_BOS_ID)],
             dim=1,
         )
-        positions = torch.arange(self.next_position, self.next_position + 2, device=self.device)
-        self.next_position += 2
-        return self._forward(inputs, positions.view(1, 1, -1).expand(3, 1, -1))
+        first = self.next_position if prompt is None else int(prompt[1].max()) + 1
+        positions = torch.arange(first, first + 2, device=self.device).view(1, 1, -1).expand(3, 1, -1)
+        if prompt is not None:
+            if self.length != self.prompt_length:
+                raise RuntimeError("the talker is mid-answer; end the answer before feeding more prompt")
+            inputs = torch.cat([prompt[0], inputs], dim=1)
+            positions = torch.cat([prompt[1], positions], dim=-1)
+        logits = self._forward(inputs, positions)
+        if prompt is not None:
+            self.prompt_length, self.prompt_next_position = self.length - 2, first
+        self.next_position = first + 2
+        return logits
 
     @torch.no_grad()
     def step(self, code: int, reply: torch.Tensor) -> torch.Tensor:

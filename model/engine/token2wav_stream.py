@@ -23,8 +23,10 @@ decode (`decode_whole`).
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -134,14 +136,66 @@ def _code_tensor(codes: Sequence[int] | torch.Tensor, dit: torch.nn.Module) -> t
     return codes
 
 
-class WindowSolver:
-    """Solves one voice's windows: the voice is encoded for the DiT once, each window's shared work once per
-    window (model/engine/dit_window.py)."""
+def pass_times(flow: FlowSettings, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
+    """The time each DiT pass of one solve is called at, in order: the integrator walked with a velocity that
+    only notes its time, so the values are the very ones a real solve computes."""
+    times = []
 
-    def __init__(self, dit: torch.nn.Module, voice: Voice, flow: FlowSettings = FlowSettings()):
+    def note(time: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        times.append(time)
+        return torch.zeros_like(value)
+
+    INTEGRATORS[flow.solver](note, torch.zeros(1, dtype=dtype, device=device), ode_time_points(flow.num_steps, flow.sway, dtype, device))
+    return times
+
+
+@dataclass(frozen=True)
+class PreparedVoice:
+    """A voice as every window's solve reads it: its DiT conditioning (the ECAPA-TDNN's encoding of its
+    reference mel) and each pass's time modulation. Both depend on the voice, the flow settings and the
+    weights alone, and neither changes once made."""
+
+    condition: VoiceCondition
+    times: TimeModulation
+
+    @classmethod
+    def make(cls, dit: torch.nn.Module, voice: Voice, flow: FlowSettings) -> PreparedVoice:
+        condition = voice.condition(dit, flow)
+        return cls(condition, TimeModulation(dit, condition.halves, pass_times(flow, voice.cond.dtype, voice.cond.device)))
+
+
+class VoiceCache:
+    """The prepared voices of one model, kept for every answer of every session: a voice is prepared at its
+    first answer's first window (80 ms of the tiny model's first audio on a CPU), then reused. Answers run
+    on many threads; the lock makes each entry once."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._voices: dict[tuple[str, FlowSettings], PreparedVoice] = {}
+
+    def get(self, name: str, dit: torch.nn.Module, voice: Voice, flow: FlowSettings) -> PreparedVoice:
+        with self._lock:
+            key = (name, flow)
+            if key not in self._voices:
+                self._voices[key] = PreparedVoice.make(dit, voice, flow)
+            return self._voices[key]
+
+
+class WindowSolver:
+    """Solves one voice's windows: the voice prepared once (`prepare`, called at the first window, off the
+    first text's path; by default for this solver alone), each window's shared work once per window
+    (model/engine/dit_window.py)."""
+
+    def __init__(
+        self,
+        dit: torch.nn.Module,
+        voice: Voice,
+        flow: FlowSettings = FlowSettings(),
+        prepare: Callable[[], PreparedVoice] | None = None,
+    ):
         self.dit, self.voice, self.flow = dit, voice, flow
-        self.condition: VoiceCondition | None = None  # encoded at the first window, off the first text's path
-        self.times: TimeModulation | None = None  # each pass's time modulation, shared by the windows
+        self.prepare = prepare or (lambda: PreparedVoice.make(dit, voice, flow))
+        self.prepared: PreparedVoice | None = None
 
     @torch.no_grad()
     def __call__(self, codes: Sequence[int] | torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -157,10 +211,9 @@ class WindowSolver:
             limit = dit.config.max_position_embeddings
             raise ValueError(f"{frames} mel frames exceed the DiT's max_position_embeddings ({limit})")
         noise = noise.to(device=self.voice.ref_mel.device, dtype=self.voice.ref_mel.dtype)
-        if self.condition is None:
-            self.condition = self.voice.condition(dit, flow)
-            self.times = TimeModulation(dit, self.condition.halves)
-        velocity = DiTWindow(dit, codes, self.condition, flow.guidance_scale, self.times)
+        if self.prepared is None:
+            self.prepared = self.prepare()
+        velocity = DiTWindow(dit, codes, self.prepared.condition, flow.guidance_scale, self.prepared.times)
         times = ode_time_points(flow.num_steps, flow.sway, self.voice.cond.dtype, codes.device)
         mel = INTEGRATORS[flow.solver](velocity, noise, times)
         return mel.permute(0, 2, 1)
@@ -348,7 +401,8 @@ class StreamingToken2Wav:
     `feed` and `flush` return the audio chunks that became ready (float32, 24 kHz); their concatenation is the
     answer's waveform, mel frames x 240 samples long. `noise` is a (1, frames, 80) tensor, a seed, or None
     for torch's global RNG; it is drawn once and sliced by absolute mel frame in every window. `mel_solver`
-    solves one window (codes, noise) -> mel; by default the DiT's (`WindowSolver`)."""
+    solves one window (codes, noise) -> mel; by default the DiT's (`WindowSolver`). `voice_cache`: the model's
+    prepared voices and this voice's name in it, so the voice is prepared once for every answer."""
 
     def __init__(
         self,
@@ -365,12 +419,17 @@ class StreamingToken2Wav:
         noise: torch.Tensor | int | None = None,
         max_frames: int | None = None,
         mel_solver: Callable[[Sequence[int], torch.Tensor], torch.Tensor] | None = None,
+        voice_cache: tuple[VoiceCache, str] | None = None,
     ):
         self.dit = token2wav.code2wav_dit_model
         self.vocoder = token2wav.code2wav_bigvgan_model
         self.voice = Voice.from_spk_dict(voice, _device(self.dit))
         self.flow = FlowSettings(solver, num_steps, guidance_scale, sway)
-        self.solve = mel_solver or WindowSolver(self.dit, self.voice, self.flow)
+        prepare = None
+        if voice_cache is not None:
+            cache, name = voice_cache
+            prepare = partial(cache.get, name, self.dit, self.voice, self.flow)
+        self.solve = mel_solver or WindowSolver(self.dit, self.voice, self.flow, prepare)
         self.schedule = ChunkSchedule.for_dit(
             self.dit.config,
             first_chunk_frames=first_chunk_frames,
