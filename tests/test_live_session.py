@@ -15,6 +15,7 @@ from model import constants as C
 from model.session import AnswerTurn, LiveTurn, UserTurn
 from omni_demo.capture import MicResampler
 from omni_demo.live import LiveSession
+from omni_demo.playout import Pace, PlaybackClock, SpeechPace
 from omni_demo.view import heard_tokens
 from omni_demo.worker import ModelWorker
 
@@ -572,9 +573,20 @@ def test_on_zero_gpu_a_pause_inside_a_question_keeps_it_one_turn(loaded, worker,
     assert len(history[0].audio) > len(speech_48k()) * 2 / 3  # both sentences
 
 
+def fast_pace() -> SpeechPace:
+    """A server that has made speech faster than it plays (as on a GPU): a new answer plays from its first
+    chunk, long before it is all made. (On this CPU the player would hold a slow answer's start, up to its end.)"""
+    clock = PlaybackClock()
+    clock.add(1.0, arrived=0.0)
+    clock.add(1.0, arrived=0.5)
+    pace = SpeechPace()
+    pace.record(clock, complete=True)
+    return pace
+
+
 def test_speech_after_the_answer_began_playing_cuts_in_even_within_the_grace(loaded, worker):
-    live = new_session(loaded, worker, continue_seconds=3.0)
-    live.update(max_new_tokens=400)
+    live = LiveSession("tab", loaded, worker, pace=fast_pace())
+    live.update(max_new_tokens=400, continue_seconds=3.0)  # the cut-in comes while the answer is still made
     assert speak(live, np.concatenate([silence(0.3), speech_48k(), silence(0.7)])) == 1
     first = live.answer
     deadline = time.monotonic() + 120
@@ -612,7 +624,6 @@ def test_refused_uploads_show_what_was_sent_and_each_error_apart(loaded, worker,
 
 
 def test_an_answer_cut_off_before_any_was_heard_keeps_no_clip(loaded, worker):
-    from omni_demo.playout import Pace, PlaybackClock
 
     live = new_session(loaded, worker)
     live.update(max_new_tokens=400)

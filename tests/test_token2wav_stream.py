@@ -234,6 +234,19 @@ def test_a_prepared_voice_serves_every_answer_and_changes_no_sample(token2wav, v
     assert len(made) == 1  # the second answer's windows read the first answer's preparation
 
 
+def test_a_voice_prepared_with_other_torch_threads_is_prepared_again(token2wav, voice):
+    """The encoding's floats depend on torch's CPU threads: an answer must not read one made with others."""
+    codes, cache = random_codes(30, seed=6), VoiceCache()
+    stream_all(StreamingToken2Wav(token2wav, voice, noise=5, voice_cache=(cache, "Chelsie"), **FAST), codes)
+    torch.set_num_threads(2)
+    try:
+        alone, _ = stream_all(StreamingToken2Wav(token2wav, voice, noise=5, **FAST), codes)
+        cached, _ = stream_all(StreamingToken2Wav(token2wav, voice, noise=5, voice_cache=(cache, "Chelsie"), **FAST), codes)
+    finally:
+        torch.set_num_threads(1)
+    np.testing.assert_array_equal(np.concatenate(cached), np.concatenate(alone))
+
+
 def test_the_voice_cache_prepares_each_voice_once_across_threads(token2wav, voice, monkeypatch):
     made = count_preparations(monkeypatch, delay=0.05)
     cache, dit = VoiceCache(), token2wav.code2wav_dit_model

@@ -167,15 +167,17 @@ class PreparedVoice:
 class VoiceCache:
     """The prepared voices of one model, kept for every answer of every session: a voice is prepared at its
     first answer's first window (80 ms of the tiny model's first audio on a CPU), then reused. Answers run
-    on many threads; the lock makes each entry once."""
+    on many threads; the lock makes each entry once. An entry is kept per torch CPU thread count as well: the
+    encoding's floats depend on it (the app's model thread runs with one thread, the tests with two), and
+    an answer must read exactly what it would have computed itself."""
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._voices: dict[tuple[str, FlowSettings], PreparedVoice] = {}
+        self._voices: dict[tuple[str, FlowSettings, int], PreparedVoice] = {}
 
     def get(self, name: str, dit: torch.nn.Module, voice: Voice, flow: FlowSettings) -> PreparedVoice:
         with self._lock:
-            key = (name, flow)
+            key = (name, flow, torch.get_num_threads())
             if key not in self._voices:
                 self._voices[key] = PreparedVoice.make(dit, voice, flow)
             return self._voices[key]
