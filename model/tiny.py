@@ -1,6 +1,7 @@
 """A tiny random-weight Qwen2.5-Omni checkpoint, built offline and deterministically.
 
     python -m model.tiny DIR
+    python -m model.tiny --family qwen3-omni DIR   (Qwen3-Omni: model/tiny_qwen3_omni.py)
 
 writes a complete checkpoint directory (config, safetensors weights, spk_dict.pt, tokenizer, preprocessor
 config, chat template) that `Qwen2_5OmniForConditionalGeneration.from_pretrained(DIR)` loads with nothing
@@ -249,9 +250,15 @@ def build(out_dir: str | Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", help="directory to write the checkpoint into")
+    parser.add_argument("--family", choices=("qwen2.5-omni", "qwen3-omni"), default="qwen2.5-omni", help="the architecture")
     args = parser.parse_args(argv)
-    out = build(args.out_dir)
-    print(f"tiny Qwen2.5-Omni checkpoint written to {out}")
+    if args.family == "qwen3-omni":
+        from model import tiny_qwen3_omni
+
+        out = tiny_qwen3_omni.build(args.out_dir)
+    else:
+        out = build(args.out_dir)
+    print(f"tiny {'Qwen3-Omni' if args.family == 'qwen3-omni' else 'Qwen2.5-Omni'} checkpoint written to {out}")
     return 0
 
 

@@ -214,8 +214,10 @@ def test_speech_made_slower_than_it_plays_plays_without_gaps(playwright, server)
 
 
 def test_speaking_during_the_answer_stops_it_and_starts_a_new_turn(playwright, server, tmp_path):
-    # Say the question, wait (the answer starts and plays), then speak again over the answer.
-    microphone = microphone_file(tmp_path, silence(0.5), speech_48k(), silence(16.0), speech_48k(), silence(6.0))
+    # Say the question, wait (the answer starts), then speak again over the answer while it is still made:
+    # 10 s after the question ends, the answer's first chunk has come (4-5 s after the turn ended on this
+    # CPU with the browser beside it) and its last not yet (its 4-5 chunks take 10-15 s to make).
+    microphone = microphone_file(tmp_path, silence(0.5), speech_48k(), silence(10.0), speech_48k(), silence(6.0))
     browser, page = open_page(playwright, server, microphone, max_tokens=400)
     try:
         start_talking(page, camera=False)

@@ -1,0 +1,246 @@
+"""A tiny random-weight Qwen3-Omni checkpoint, built offline and deterministically.
+
+    python -m model.tiny --family qwen3-omni DIR
+
+It is the released Qwen3-Omni-30B-A3B config (model/configs/qwen3-omni-30b-a3b/config.as-loaded.json, as
+transformers loaded the real checkpoint: 35,259,818,545 parameters) with every depth and every count kept
+(thinker 48 layers of 128 experts, 8 per token; audio encoder 32 layers; vision encoder 27; talker 20
+layers of 128 experts, 6 per token; code predictor 5; code2wav 8) and every width shrunk, the real token
+and speaker ids, and the real weight names: experts stored one by one (`...mlp.experts.<e>.gate_proj.weight`),
+as the released shards store them and transformers fuses them on loading. Weights are written in bfloat16,
+as released; each tensor is drawn from its name alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import zlib
+from pathlib import Path
+
+import torch
+
+from model import constants as C
+
+SEED = 20250922  # Qwen3-Omni's release date; any fixed value works
+RELEASED_CONFIG = C.CONFIGS_DIR / "qwen3-omni-30b-a3b" / "config.as-loaded.json"
+RELEASED_PARAMETERS = 35_259_818_545  # counted from the real safetensors (15 shards, 28,010 tensors)
+
+# Head dims are 16, so each rope section is the real one (head dim 128) scaled by 1/8, rounded to sum 8.
+ROPE = {"mrope_section": [3, 3, 2]}
+THINKER_TEXT_WIDTHS = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "moe_intermediate_size": 16,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+}
+AUDIO_WIDTHS = {
+    "d_model": 32,
+    "encoder_attention_heads": 2,
+    "encoder_ffn_dim": 64,
+    "output_dim": 64,
+    "downsample_hidden_size": 16,
+}
+VISION_WIDTHS = {"hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64}
+TALKER_TEXT_WIDTHS = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "moe_intermediate_size": 8,
+    "shared_expert_intermediate_size": 32,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+}
+CODE_PREDICTOR_WIDTHS = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+}
+CODE2WAV_WIDTHS = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "codebook_dim": 16,
+    "vector_quantization_hidden_dimension": 16,
+    "decoder_dim": 32,
+}
+
+# Experts as transformers holds them (fused) and as the released files store them (one by one).
+_FUSED = re.compile(r"^(?P<prefix>.*\.mlp\.experts)\.(?P<kind>gate_up_proj|down_proj)$")
+# transformers 5 holds the thinker's parts under `thinker.model.`; the released files do not (see
+# ../shared/reference/qwen3-omni-30b-a3b/weights-excerpt.md: thinker.audio_tower..., thinker.visual...).
+_THINKER_PARTS = (
+    ("thinker.model.audio_tower.", "thinker.audio_tower."),
+    ("thinker.model.visual.", "thinker.visual."),
+    ("thinker.model.language_model.", "thinker.model."),
+)
+
+
+def released_name(name: str) -> str:
+    for held, released in _THINKER_PARTS:
+        if name.startswith(held):
+            return released + name[len(held) :]
+    return name
+
+
+def released_config() -> dict:
+    return json.loads(RELEASED_CONFIG.read_text())
+
+
+def tiny_config() -> dict:
+    """The released config with tiny widths."""
+    config = copy.deepcopy(released_config())
+    thinker, talker = config["thinker_config"], config["talker_config"]
+    thinker["text_config"].update(THINKER_TEXT_WIDTHS)
+    thinker["text_config"]["rope_parameters"].update(ROPE)
+    thinker["audio_config"].update(AUDIO_WIDTHS)
+    thinker["vision_config"].update(VISION_WIDTHS)
+    talker["text_config"].update(TALKER_TEXT_WIDTHS)
+    talker["text_config"]["rope_parameters"].update(ROPE)
+    talker["code_predictor_config"].update(CODE_PREDICTOR_WIDTHS)
+    talker["thinker_hidden_size"] = THINKER_TEXT_WIDTHS["hidden_size"]
+    config["code2wav_config"].update(CODE2WAV_WIDTHS)
+    return config
+
+
+def meta_model(config: dict):
+    """Qwen3OmniMoeForConditionalGeneration of `config` on the meta device: shapes without memory."""
+    from transformers import AutoConfig, Qwen3OmniMoeForConditionalGeneration
+
+    with torch.device("meta"):
+        return Qwen3OmniMoeForConditionalGeneration._from_config(AutoConfig.for_model(**config))
+
+
+def released_shapes(model) -> dict[str, torch.Size]:
+    """Every tensor the checkpoint stores, by its released name: fused experts split one by one."""
+    shapes = {}
+    for held, tensor in model.state_dict().items():
+        name = released_name(held)
+        match = _FUSED.match(name)
+        if match is None:
+            shapes[name] = tensor.shape
+            continue
+        prefix, experts = match["prefix"], tensor.shape[0]
+        if match["kind"] == "gate_up_proj":  # (experts, 2 * intermediate, hidden): gate rows, then up rows
+            half = torch.Size([tensor.shape[1] // 2, tensor.shape[2]])
+            for e in range(experts):
+                shapes[f"{prefix}.{e}.gate_proj.weight"] = shapes[f"{prefix}.{e}.up_proj.weight"] = half
+        else:  # (experts, hidden, intermediate)
+            for e in range(experts):
+                shapes[f"{prefix}.{e}.down_proj.weight"] = tensor.shape[1:]
+    return shapes
+
+
+def _seeded_normal(name: str, shape: torch.Size, std: float) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(SEED ^ zlib.crc32(name.encode()))
+    return torch.randn(shape, generator=generator) * std
+
+
+def init_tensor(name: str, shape: torch.Size) -> torch.Tensor:
+    """A tensor from its name and shape alone: norms one, biases small, embeddings unit, weights
+    variance-preserving (so activations stay O(1) through 48 layers), output heads sharper (greedy choices
+    rarely near-ties)."""
+    leaf = name.rsplit(".", 1)[-1]
+    if len(shape) == 1:
+        if leaf == "bias":
+            return _seeded_normal(name, shape, 0.02)
+        if "norm" in name or leaf in ("weight", "scale", "gamma"):
+            return torch.ones(shape)
+        return torch.zeros(shape)  # Snake alpha/beta (log scale: exp(0) = 1), layer scales' other forms
+    if ("embed" in name or "codebook" in name) and len(shape) == 2:
+        return _seeded_normal(name, shape, 1.0)
+    fan_in = torch.Size(shape[1:]).numel()
+    scale = 4.0 if re.search(r"(lm_head|codec_head)(\.\d+)?\.weight$", name) else 1.0
+    return _seeded_normal(name, shape, scale / fan_in**0.5)
+
+
+# Qwen3's special tokens after its 151,643-token BPE vocabulary, then the seven Qwen3-Omni adds
+# (../shared/reference/qwen3-omni-30b-a3b/README.md). `True`: special (never split, skipped when decoding).
+ADDED_TOKENS = {
+    151643: ("<|endoftext|>", True),
+    151644: ("<|im_start|>", True),
+    151645: ("<|im_end|>", True),
+    151646: ("<|object_ref_start|>", True),
+    151647: ("<|object_ref_end|>", True),
+    151648: ("<|box_start|>", True),
+    151649: ("<|box_end|>", True),
+    151650: ("<|quad_start|>", True),
+    151651: ("<|quad_end|>", True),
+    151652: ("<|vision_start|>", True),
+    151653: ("<|vision_end|>", True),
+    151654: ("<|vision_pad|>", True),
+    151655: ("<|image_pad|>", True),
+    151656: ("<|video_pad|>", True),
+    151657: ("<tool_call>", False),
+    151658: ("</tool_call>", False),
+    151659: ("<|fim_prefix|>", False),
+    151660: ("<|fim_middle|>", False),
+    151661: ("<|fim_suffix|>", False),
+    151662: ("<|fim_pad|>", False),
+    151663: ("<|repo_name|>", False),
+    151664: ("<|file_sep|>", False),
+    151665: ("<tool_response>", False),
+    151666: ("</tool_response>", False),
+    151667: ("<think>", False),
+    151668: ("</think>", False),
+    151669: ("<|audio_start|>", True),
+    151670: ("<|audio_end|>", True),
+    151671: ("<tts_pad>", True),
+    151672: ("<tts_text_bos>", True),
+    151673: ("<tts_text_eod>", True),
+    151674: ("<tts_text_bos_single>", True),
+    151675: ("<|audio_pad|>", True),
+}
+
+
+def tokenizer_config() -> dict:
+    decoder = {
+        str(i): {"content": text, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": special}
+        for i, (text, special) in ADDED_TOKENS.items()
+    }
+    return {
+        "add_prefix_space": False,
+        "added_tokens_decoder": decoder,
+        "bos_token": None,
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "<|im_end|>",
+        "errors": "replace",
+        "model_max_length": 65536,
+        "pad_token": "<|endoftext|>",
+        "split_special_tokens": False,
+        "tokenizer_class": "Qwen2Tokenizer",
+        "unk_token": None,
+    }
+
+
+def build(out_dir: str | Path) -> Path:
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from model.tiny import MARKER_FILE, qwen2_bpe_dir
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = tiny_config()
+    shapes = released_shapes(meta_model(config))
+    tensors = {name: init_tensor(name, shape).to(torch.bfloat16) for name, shape in sorted(shapes.items())}
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    bpe = qwen2_bpe_dir()  # Qwen3 keeps Qwen2's byte-level BPE
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copyfile(bpe / name, out / name)
+    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(), indent=2) + "\n")
+    (out / MARKER_FILE).write_text(json.dumps({"seed": SEED, "random_weights": True, "family": "qwen3-omni"}) + "\n")
+    (out / "README.md").write_text(
+        "# tiny-random-qwen3-omni\n\nRandom weights with the Qwen3-Omni-30B-A3B architecture at tiny widths (every "
+        "depth and expert count kept), written by `python -m model.tiny --family qwen3-omni`. It produces noise, "
+        "not answers: it exists to exercise the real loading and generation code without the real weights.\n"
+    )
+    return out
