@@ -138,6 +138,11 @@ def check_checkpoint_dir(directory: Path) -> dict:
         config = json.loads(config_path.read_text())
     except (OSError, ValueError) as error:
         raise LoadError(f"{config_path} is not readable JSON: {error}") from error
+    if config.get("model_type") == "qwen3_omni_moe":
+        raise LoadError(
+            f"{directory} is a Qwen3-Omni checkpoint; this version of the app serves Qwen2.5-Omni only "
+            f"(--model {C.HUB_7B} or {C.HUB_3B})."
+        )
     if config.get("model_type") != "qwen2_5_omni":
         raise LoadError(
             f"{directory} is not a Qwen2.5-Omni checkpoint: its config.json has model_type "

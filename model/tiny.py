@@ -93,9 +93,9 @@ def tiny_config() -> dict:
     return tiny
 
 
-def _seeded_normal(name: str, shape: torch.Size, std: float) -> torch.Tensor:
+def seeded_normal(name: str, shape: torch.Size, std: float, seed: int = SEED) -> torch.Tensor:
     # Each tensor depends only on its name and shape, never on construction order or library internals.
-    generator = torch.Generator().manual_seed(SEED ^ zlib.crc32(name.encode()))
+    generator = torch.Generator().manual_seed(seed ^ zlib.crc32(name.encode()))
     return torch.randn(shape, generator=generator) * std
 
 
@@ -103,17 +103,17 @@ def _init_parameter(name: str, param: torch.Tensor) -> torch.Tensor:
     leaf = name.rsplit(".", 1)[-1]
     if param.ndim == 1:
         if leaf == "bias":
-            return _seeded_normal(name, param.shape, 0.02)
+            return seeded_normal(name, param.shape, 0.02)
         if "norm" in name or leaf == "weight":
             return torch.ones(param.shape)  # layer/RMS norm gains
         return torch.zeros(param.shape)  # BigVGAN's log-scale Snake alpha/beta: exp(0) = 1
     if "embed" in name and param.ndim == 2:
-        return _seeded_normal(name, param.shape, 1.0)
+        return seeded_normal(name, param.shape, 1.0)
     fan_in = param[0].numel()
     scale = 4.0 if name.endswith(("lm_head.weight", "codec_head.weight")) else 1.0
     # Variance-preserving weights keep activations O(1) through 36 layers; the output heads are sharper
     # so that greedy choices are rarely near-ties.
-    return _seeded_normal(name, param.shape, scale / fan_in**0.5)
+    return seeded_normal(name, param.shape, scale / fan_in**0.5)
 
 
 # Directions of the talker's residual stream that the tiny talker reserves (see _shape_talker).
@@ -188,9 +188,9 @@ def speaker_dict() -> dict:
     for name, bos in C.VOICE_BOS_IDS.items():
         voices[name] = {
             "bos_token": bos,
-            "cond": _seeded_normal(f"spk.{name}.cond", torch.Size([1, C.SPEAKER_COND_DIM]), 1.0),
+            "cond": seeded_normal(f"spk.{name}.cond", torch.Size([1, C.SPEAKER_COND_DIM]), 1.0),
             # log-mel values around the range real speech has
-            "ref_mel": _seeded_normal(
+            "ref_mel": seeded_normal(
                 f"spk.{name}.ref_mel", torch.Size([1, C.SPEAKER_REF_MEL_FRAMES, C.MEL_BINS_OUT]), 2.0
             )
             - 6.0,

@@ -16,12 +16,13 @@ from __future__ import annotations
 import copy
 import json
 import re
-import zlib
+import shutil
 from pathlib import Path
 
 import torch
 
 from model import constants as C
+from model.tiny import MARKER_FILE, qwen2_bpe_dir, seeded_normal
 
 SEED = 20250922  # Qwen3-Omni's release date; any fixed value works
 RELEASED_CONFIG = C.CONFIGS_DIR / "qwen3-omni-30b-a3b" / "config.as-loaded.json"
@@ -137,11 +138,6 @@ def released_shapes(model) -> dict[str, torch.Size]:
     return shapes
 
 
-def _seeded_normal(name: str, shape: torch.Size, std: float) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(SEED ^ zlib.crc32(name.encode()))
-    return torch.randn(shape, generator=generator) * std
-
-
 def init_tensor(name: str, shape: torch.Size) -> torch.Tensor:
     """A tensor from its name and shape alone: norms one, biases small, embeddings unit, weights
     variance-preserving (so activations stay O(1) through 48 layers), output heads sharper (greedy choices
@@ -149,15 +145,15 @@ def init_tensor(name: str, shape: torch.Size) -> torch.Tensor:
     leaf = name.rsplit(".", 1)[-1]
     if len(shape) == 1:
         if leaf == "bias":
-            return _seeded_normal(name, shape, 0.02)
+            return seeded_normal(name, shape, 0.02, SEED)
         if "norm" in name or leaf in ("weight", "scale", "gamma"):
             return torch.ones(shape)
         return torch.zeros(shape)  # Snake alpha/beta (log scale: exp(0) = 1), layer scales' other forms
     if ("embed" in name or "codebook" in name) and len(shape) == 2:
-        return _seeded_normal(name, shape, 1.0)
+        return seeded_normal(name, shape, 1.0, SEED)
     fan_in = torch.Size(shape[1:]).numel()
     scale = 4.0 if re.search(r"(lm_head|codec_head)(\.\d+)?\.weight$", name) else 1.0
-    return _seeded_normal(name, shape, scale / fan_in**0.5)
+    return seeded_normal(name, shape, scale / fan_in**0.5, SEED)
 
 
 # Qwen3's special tokens after its 151,643-token BPE vocabulary, then the seven Qwen3-Omni adds
@@ -220,11 +216,7 @@ def tokenizer_config() -> dict:
 
 
 def build(out_dir: str | Path) -> Path:
-    import shutil
-
     from safetensors.torch import save_file
-
-    from model.tiny import MARKER_FILE, qwen2_bpe_dir
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

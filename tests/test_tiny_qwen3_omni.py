@@ -112,3 +112,10 @@ def test_transformers_generates_speech_with_it(checkpoint):
         )
     assert text.shape[1] > ids.shape[1]
     assert audio is not None and audio.numel() > 0 and torch.isfinite(audio).all()
+
+
+def test_the_app_says_plainly_that_it_does_not_serve_qwen3_omni_yet(checkpoint):
+    from model.loading import LoadError, load_omni
+
+    with pytest.raises(LoadError, match="is a Qwen3-Omni checkpoint; this version of the app serves Qwen2.5-Omni only"):
+        load_omni(str(checkpoint), device="cpu")

@@ -179,7 +179,10 @@ class VoiceCache:
         with self._lock:
             key = (name, flow, torch.get_num_threads())
             if key not in self._voices:
-                self._voices[key] = PreparedVoice.make(dit, voice, flow)
+                prepared = PreparedVoice.make(dit, voice, flow)
+                if voice.cond.is_cuda:  # made on this thread's stream; answers on other streams read it next
+                    torch.cuda.current_stream(voice.cond.device).synchronize()
+                self._voices[key] = prepared
             return self._voices[key]
 
 
