@@ -624,7 +624,6 @@ def test_refused_uploads_show_what_was_sent_and_each_error_apart(loaded, worker,
 
 
 def test_an_answer_cut_off_before_any_was_heard_keeps_no_clip(loaded, worker):
-
     live = new_session(loaded, worker)
     live.update(max_new_tokens=400)
     live.send("Tell me a long story.", [])
