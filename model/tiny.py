@@ -17,6 +17,7 @@ import argparse
 import copy
 import importlib.util
 import json
+import re
 import shutil
 import sys
 import zlib
@@ -99,21 +100,23 @@ def seeded_normal(name: str, shape: torch.Size, std: float, seed: int = SEED) ->
     return torch.randn(shape, generator=generator) * std
 
 
-def _init_parameter(name: str, param: torch.Tensor) -> torch.Tensor:
+def init_tensor(name: str, shape: torch.Size, seed: int = SEED) -> torch.Tensor:
+    """A tensor from its name and shape alone (both tiny checkpoints draw theirs so): norm gains one, biases
+    small, embeddings and codebooks unit, weights variance-preserving, output heads sharper."""
     leaf = name.rsplit(".", 1)[-1]
-    if param.ndim == 1:
+    if len(shape) == 1:
         if leaf == "bias":
-            return seeded_normal(name, param.shape, 0.02)
-        if "norm" in name or leaf == "weight":
-            return torch.ones(param.shape)  # layer/RMS norm gains
-        return torch.zeros(param.shape)  # BigVGAN's log-scale Snake alpha/beta: exp(0) = 1
-    if "embed" in name and param.ndim == 2:
-        return seeded_normal(name, param.shape, 1.0)
-    fan_in = param[0].numel()
-    scale = 4.0 if name.endswith(("lm_head.weight", "codec_head.weight")) else 1.0
-    # Variance-preserving weights keep activations O(1) through 36 layers; the output heads are sharper
+            return seeded_normal(name, shape, 0.02, seed)
+        if "norm" in name or leaf in ("weight", "scale", "gamma"):
+            return torch.ones(shape)  # layer/RMS norm gains, layer scales
+        return torch.zeros(shape)  # BigVGAN's log-scale Snake alpha/beta: exp(0) = 1
+    if ("embed" in name or "codebook" in name) and len(shape) == 2:
+        return seeded_normal(name, shape, 1.0, seed)
+    fan_in = torch.Size(shape[1:]).numel()
+    scale = 4.0 if re.search(r"(lm_head|codec_head)(\.\d+)?\.weight$", name) else 1.0  # Qwen3: lm_head.<i>
+    # Variance-preserving weights keep activations O(1) through 36 or 48 layers; the output heads are sharper
     # so that greedy choices are rarely near-ties.
-    return seeded_normal(name, param.shape, scale / fan_in**0.5)
+    return seeded_normal(name, shape, scale / fan_in**0.5, seed)
 
 
 # Directions of the talker's residual stream that the tiny talker reserves (see _shape_talker).
@@ -177,7 +180,7 @@ def build_model(config_dict: dict | None = None):
     model = Qwen2_5OmniForConditionalGeneration(config).float().eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
-            param.copy_(_init_parameter(name, param))
+            param.copy_(init_tensor(name, param.shape))
     _shape_talker(model)
     return model
 
@@ -255,10 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.family == "qwen3-omni":
         from model import tiny_qwen3_omni
 
-        out = tiny_qwen3_omni.build(args.out_dir)
+        out, name = tiny_qwen3_omni.build(args.out_dir), "Qwen3-Omni"
     else:
-        out = build(args.out_dir)
-    print(f"tiny {'Qwen3-Omni' if args.family == 'qwen3-omni' else 'Qwen2.5-Omni'} checkpoint written to {out}")
+        out, name = build(args.out_dir), "Qwen2.5-Omni"
+    print(f"tiny {name} checkpoint written to {out}")
     return 0
 
 

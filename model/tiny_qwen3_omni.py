@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from model import constants as C
-from model.tiny import MARKER_FILE, qwen2_bpe_dir, seeded_normal
+from model.tiny import MARKER_FILE, init_tensor, qwen2_bpe_dir
 
 SEED = 20250922  # Qwen3-Omni's release date; any fixed value works
 RELEASED_CONFIG = C.CONFIGS_DIR / "qwen3-omni-30b-a3b" / "config.as-loaded.json"
@@ -138,24 +138,6 @@ def released_shapes(model) -> dict[str, torch.Size]:
     return shapes
 
 
-def init_tensor(name: str, shape: torch.Size) -> torch.Tensor:
-    """A tensor from its name and shape alone: norms one, biases small, embeddings unit, weights
-    variance-preserving (so activations stay O(1) through 48 layers), output heads sharper (greedy choices
-    rarely near-ties)."""
-    leaf = name.rsplit(".", 1)[-1]
-    if len(shape) == 1:
-        if leaf == "bias":
-            return seeded_normal(name, shape, 0.02, SEED)
-        if "norm" in name or leaf in ("weight", "scale", "gamma"):
-            return torch.ones(shape)
-        return torch.zeros(shape)  # Snake alpha/beta (log scale: exp(0) = 1), layer scales' other forms
-    if ("embed" in name or "codebook" in name) and len(shape) == 2:
-        return seeded_normal(name, shape, 1.0, SEED)
-    fan_in = torch.Size(shape[1:]).numel()
-    scale = 4.0 if re.search(r"(lm_head|codec_head)(\.\d+)?\.weight$", name) else 1.0
-    return seeded_normal(name, shape, scale / fan_in**0.5, SEED)
-
-
 # Qwen3's special tokens after its 151,643-token BPE vocabulary, then the seven Qwen3-Omni adds
 # (../shared/reference/qwen3-omni-30b-a3b/README.md). `True`: special (never split, skipped when decoding).
 ADDED_TOKENS = {
@@ -222,7 +204,7 @@ def build(out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     config = tiny_config()
     shapes = released_shapes(meta_model(config))
-    tensors = {name: init_tensor(name, shape).to(torch.bfloat16) for name, shape in sorted(shapes.items())}
+    tensors = {name: init_tensor(name, shape, SEED).to(torch.bfloat16) for name, shape in sorted(shapes.items())}
     save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     bpe = qwen2_bpe_dir()  # Qwen3 keeps Qwen2's byte-level BPE

@@ -37,6 +37,10 @@ class TalkerStream:
     def codec_embed(self, code: int) -> torch.Tensor:
         return self.talker.get_input_embeddings()(torch.tensor([[code]], device=self.device))
 
+    def _between_answers(self, doing: str) -> None:
+        if self.length != self.prompt_length:
+            raise RuntimeError(f"the talker is mid-answer; end the answer before {doing}")
+
     def _forward(self, inputs: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         hidden = self.cache.forward(self.talker.model, self.talker.thinker_to_talker_proj(inputs), position_ids)
         self.length += inputs.shape[1]
@@ -45,8 +49,7 @@ class TalkerStream:
     @torch.no_grad()
     def feed_prompt(self, states: torch.Tensor, position_ids: torch.Tensor) -> None:
         """Prefills conversation positions (thinker states, (1, n, hidden)) with their talker rope ids."""
-        if self.length != self.prompt_length:
-            raise RuntimeError("the talker is mid-answer; end the answer before feeding more prompt")
+        self._between_answers("feeding more prompt")
         self._forward(states, position_ids)
         self.prompt_length = self.length
         self.next_position = self.prompt_next_position = int(position_ids.max()) + 1
@@ -65,8 +68,7 @@ class TalkerStream:
         first = self.next_position if prompt is None else int(prompt[1].max()) + 1
         positions = torch.arange(first, first + 2, device=self.device).view(1, 1, -1).expand(3, 1, -1)
         if prompt is not None:
-            if self.length != self.prompt_length:
-                raise RuntimeError("the talker is mid-answer; end the answer before feeding more prompt")
+            self._between_answers("feeding more prompt")
             inputs = torch.cat([prompt[0], inputs], dim=1)
             positions = torch.cat([prompt[1], positions], dim=-1)
         logits = self._forward(inputs, positions)
@@ -89,8 +91,7 @@ class TalkerStream:
 
     def rewind(self, mark: tuple[int, int]) -> None:
         """Back to `mark`: the prompt fed since is forgotten."""
-        if self.length != self.prompt_length:
-            raise RuntimeError("the talker is mid-answer; end the answer before rewinding its prompt")
+        self._between_answers("rewinding its prompt")
         self.cache.keep(mark[0])
         self.length = self.prompt_length = mark[0]
         self.next_position = self.prompt_next_position = mark[1]
