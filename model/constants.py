@@ -16,6 +16,7 @@ HUB_3B = "Qwen/Qwen2.5-Omni-3B"
 # Thinker vocabulary.
 IM_START_ID = 151644
 IM_END_ID = 151645  # thinker EOS
+NEWLINE_ID = 198  # "\n" in Qwen2's and Qwen3's byte-level BPE (the generation prompt's last token)
 ENDOFTEXT_ID = 151643  # pad
 AUDIO_TOKEN_ID = 151646
 AUDIO_BOS_ID = 151647

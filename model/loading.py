@@ -1,7 +1,8 @@
-"""Load a Qwen2.5-Omni checkpoint (hub id or local directory) with its processor and voices.
+"""Load an omni checkpoint (hub id or local directory) with its processor and voices.
 
-One function, `load_omni`, serves the real 7B and 3B and the tiny test checkpoint alike, so the path the
-tests exercise is the path users run.
+One function, `load_omni`, serves the real Qwen2.5-Omni 7B and 3B, Qwen3-Omni and the tiny test checkpoints
+alike, so the path the tests exercise is the path users run. The family comes from config.json's
+`model_type`; Qwen3-Omni's own parts are in model/loading_qwen3.py.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 
 from model import constants as C
+from model import loading_qwen3 as Q3
 from model.engine.token2wav_stream import VoiceCache
 
 GIB = 1024**3
@@ -23,7 +25,26 @@ GIB = 1024**3
 # video (bf16, flash-attention 2: 7B 31 GB, 3B 18 GB) with the float32 vocoder and some headroom.
 AUTO_MIN_FREE_GIB = {C.HUB_7B: 34.0, C.HUB_3B: 20.0}
 TINY = "tiny"
+TINY_QWEN3 = "tiny-qwen3-omni"
 TINY_VERSION = "v2"  # bump when model/tiny.py changes what it writes, so cached copies are rebuilt
+TINY_QWEN3_VERSION = "v1"  # likewise for model/tiny_qwen3_omni.py
+QWEN25 = "qwen2_5_omni"
+
+
+@dataclass(frozen=True)
+class Family:
+    """What the app shows and defaults to for a model family, chosen by config.json's `model_type`."""
+
+    model_type: str
+    name: str
+    default_voice: str
+    system_prompt: str  # Qwen2.5-Omni speaks only under its fixed one
+
+
+FAMILIES = {
+    QWEN25: Family(QWEN25, "Qwen2.5-Omni", "Chelsie", C.AUDIO_SYSTEM_PROMPT),
+    Q3.MODEL_TYPE: Family(Q3.MODEL_TYPE, "Qwen3-Omni", Q3.DEFAULT_VOICE, Q3.SYSTEM_PROMPT),
+}
 
 
 class LoadError(RuntimeError):
@@ -34,7 +55,7 @@ class LoadError(RuntimeError):
 class LoadedOmni:
     model: object  # Qwen2_5OmniForConditionalGeneration
     processor: object  # model.processing.OmniProcessor
-    voices: dict[str, dict]  # spk_dict.pt: name -> {bos_token, cond, ref_mel}
+    voices: dict[str, dict]  # Qwen2.5: spk_dict.pt, name -> {bos_token, cond, ref_mel}; Qwen3: name -> {speaker_id}
     source: str  # what the user asked for, resolved ("Qwen/Qwen2.5-Omni-7B", a directory, "tiny")
     checkpoint_dir: Path
     device: torch.device
@@ -43,13 +64,14 @@ class LoadedOmni:
     is_tiny: bool = False
     notes: list[str] = field(default_factory=list)
     voice_cache: VoiceCache = field(default_factory=VoiceCache)  # every session's answers share it
+    family: Family = FAMILIES[QWEN25]
 
     @property
     def voice_names(self) -> list[str]:
         return sorted(self.voices)
 
     def describe(self) -> str:
-        name = "tiny random-weight checkpoint" if self.is_tiny else self.source
+        name = f"tiny random-weight {self.family.name} checkpoint" if self.is_tiny else self.source
         dtype = str(self.dtype).removeprefix("torch.")
         return f"{name} on {self.device.type} ({dtype}, {self.attn_implementation} attention)"
 
@@ -63,21 +85,23 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def tiny_cache_dir() -> Path:
+def tiny_cache_dir(spec: str = TINY) -> Path:
     root = os.environ.get("OMNI_DEMO_CACHE") or Path.home() / ".cache" / "omni-demo"
-    return Path(root) / f"tiny-qwen2.5-omni-{TINY_VERSION}"
+    name = f"tiny-qwen3-omni-{TINY_QWEN3_VERSION}" if spec == TINY_QWEN3 else f"tiny-qwen2.5-omni-{TINY_VERSION}"
+    return Path(root) / name
 
 
-def ensure_tiny_checkpoint(directory: Path | None = None) -> Path:
-    """The tiny checkpoint's directory, built on first use (seconds on a CPU)."""
-    from model import tiny
+def ensure_tiny_checkpoint(directory: Path | None = None, spec: str = TINY) -> Path:
+    """The tiny checkpoint's directory (`spec`: TINY for Qwen2.5-Omni, TINY_QWEN3), built on first use (seconds
+    on a CPU)."""
+    from model import tiny, tiny_qwen3_omni
 
-    directory = Path(directory or tiny_cache_dir())
+    directory = Path(directory or tiny_cache_dir(spec))
     marker = directory / ".complete"
     if not marker.exists():
         staging = directory.with_name(directory.name + f".partial-{os.getpid()}")
-        tiny.build(staging)
-        (staging / ".complete").write_text(TINY_VERSION + "\n")
+        (tiny_qwen3_omni if spec == TINY_QWEN3 else tiny).build(staging)
+        (staging / ".complete").write_text((TINY_QWEN3_VERSION if spec == TINY_QWEN3 else TINY_VERSION) + "\n")
         if directory.exists():  # a stale or half-written copy
             import shutil
 
@@ -133,28 +157,27 @@ def check_checkpoint_dir(directory: Path) -> dict:
     """The checkpoint's config.json, after checking that the directory holds a Qwen2.5-Omni checkpoint."""
     config_path = directory / "config.json"
     if not config_path.is_file():
-        raise LoadError(f"{directory} is not a Qwen2.5-Omni checkpoint: it has no config.json.")
+        raise LoadError(f"{directory} is not a Qwen2.5-Omni or Qwen3-Omni checkpoint: it has no config.json.")
     try:
         config = json.loads(config_path.read_text())
     except (OSError, ValueError) as error:
         raise LoadError(f"{config_path} is not readable JSON: {error}") from error
-    if config.get("model_type") == "qwen3_omni_moe":
+    if config.get("model_type") not in (QWEN25, Q3.MODEL_TYPE):
         raise LoadError(
-            f"{directory} is a Qwen3-Omni checkpoint; this version of the app serves Qwen2.5-Omni only "
-            f"(--model {C.HUB_7B} or {C.HUB_3B})."
+            f"{directory} is not a Qwen2.5-Omni or Qwen3-Omni checkpoint: its config.json has model_type "
+            f"{config.get('model_type')!r}, not 'qwen2_5_omni' or 'qwen3_omni_moe'."
         )
-    if config.get("model_type") != "qwen2_5_omni":
-        raise LoadError(
-            f"{directory} is not a Qwen2.5-Omni checkpoint: its config.json has model_type "
-            f"{config.get('model_type')!r}, not 'qwen2_5_omni'."
-        )
+    if not any(directory.glob("*.safetensors")):
+        raise LoadError(f"{directory} has no *.safetensors weight files.")
+    if config["model_type"] == Q3.MODEL_TYPE:
+        if not Q3.voices(config):
+            raise LoadError(f"{directory}: its config.json names no voices (talker_config.speaker_id).")
+        return config
     if not (directory / "spk_dict.pt").is_file():
         raise LoadError(
             f"{directory} has no spk_dict.pt, the file that holds the voices. Copy it from the released checkpoint "
             f"(it sits beside config.json in {C.HUB_7B} and {C.HUB_3B})."
         )
-    if not any(directory.glob("*.safetensors")):
-        raise LoadError(f"{directory} has no *.safetensors weight files.")
     return config
 
 
@@ -238,26 +261,33 @@ def load_omni(
     if device.type == "cuda" and not torch.cuda.is_available():
         raise LoadError("--device cuda was asked for, but PyTorch sees no CUDA GPU here.")
     source = choose_model(spec, device)
-    directory = ensure_tiny_checkpoint() if source == TINY else resolve_checkpoint_dir(source)
-    check_checkpoint_dir(directory)
+    directory = ensure_tiny_checkpoint(spec=source) if source in (TINY, TINY_QWEN3) else resolve_checkpoint_dir(source)
+    config = check_checkpoint_dir(directory)
+    qwen3 = config["model_type"] == Q3.MODEL_TYPE
     is_tiny = (directory / tiny.MARKER_FILE).is_file()
     dtype = dtype or default_dtype(device)
     attn = pick_attention(device)
     try:
-        model = load_model_weights(directory, device, dtype, attn)
+        if qwen3:
+            model = Q3.load_model_weights(directory, device, dtype, attn, LoadError)
+        else:
+            model = load_model_weights(directory, device, dtype, attn)
     except torch.OutOfMemoryError as error:
         free = torch.cuda.mem_get_info(device)[0] / GIB if device.type == "cuda" else 0.0
         raise LoadError(
             f"Not enough GPU memory to load {source} ({free:.1f} GiB free after the attempt). Try "
             f"--model {C.HUB_3B}, close other GPU programs, or use --device cpu."
         ) from error
-    voices = load_voices(directory / "spk_dict.pt")
-    model.speaker_map = voices  # transformers' generate(speaker=...) reads them here
-    processor = OmniProcessor.from_pretrained(str(directory))
-    loaded = LoadedOmni(model, processor, voices, source, directory, device, dtype, attn, is_tiny)
+    if qwen3:
+        voices, processor = Q3.voices(config), Q3.processor(directory)
+    else:
+        voices = load_voices(directory / "spk_dict.pt")
+        model.speaker_map = voices  # transformers' generate(speaker=...) reads them here
+        processor = OmniProcessor.from_pretrained(str(directory))
+    loaded = LoadedOmni(model, processor, voices, source, directory, device, dtype, attn, is_tiny, family=FAMILIES[config["model_type"]])
     if is_tiny:
         loaded.notes.append(
-            "This is a tiny random-weight Qwen2.5-Omni, for trying the pipeline without a GPU "
+            f"This is a tiny random-weight {loaded.family.name}, for trying the pipeline without a GPU "
             "(--model auto chooses it when there is none). Its text and speech are noise, not answers."
         )
     return loaded

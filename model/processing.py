@@ -152,6 +152,18 @@ class OmniProcessor:
             **timing,
         )
 
+    def audio_tokens(self, mel_frames: int) -> int:
+        """Thinker tokens for an audio of `mel_frames` log-mel frames."""
+        return audio_token_count(mel_frames)
+
+    def video_audio_layout(
+        self, grid_t: int, tokens_per_grid: int, seconds_per_grid: float, audio_tokens: int
+    ) -> list[tuple[str, int]]:
+        """The runs of a video's tokens and its sound's, in prompt order (use_audio_in_video)."""
+        return video_audio_layout(
+            grid_t, tokens_per_grid, seconds_per_grid, audio_tokens, self.position_ids_per_second, self.seconds_per_chunk
+        )
+
     # Token ids the engine and generation need by name.
     @property
     def audio_token_id(self) -> int:
@@ -267,7 +279,7 @@ class OmniProcessor:
             # The mask is a prefix of ones (right padding), so this keeps every valid frame of every clip.
             keep = int(frames.max())
             input_features, mask = input_features[..., :keep].contiguous(), mask[:, :keep].contiguous()
-        tokens = [audio_token_count(int(n)) for n in frames]
+        tokens = [self.audio_tokens(int(n)) for n in frames]
         return {"input_features": input_features, "feature_attention_mask": mask}, tokens
 
     def _trimmed_audio_features(self, audio: list[np.ndarray]) -> tuple[dict, list[int]]:
@@ -292,7 +304,7 @@ class OmniProcessor:
         dtype = features["attention_mask"].dtype
         mask = (torch.arange(keep)[None, :] < frames[:, None]).to(dtype)
         input_features = features["input_features"][..., :keep].contiguous()
-        tokens = [audio_token_count(int(n)) for n in frames]
+        tokens = [self.audio_tokens(int(n)) for n in frames]
         return {"input_features": input_features, "feature_attention_mask": mask}, tokens
 
     def _expand_placeholders(
@@ -323,13 +335,11 @@ class OmniProcessor:
             if not use_audio_in_video:
                 return self.video_token * video_tokens[index]
             grid_t, grid_h, grid_w = data["video_grid_thw"][index].tolist()
-            layout = video_audio_layout(
+            layout = self.video_audio_layout(
                 grid_t,
                 grid_h * grid_w // self.video_processor.merge_size**2,
                 data["video_second_per_grid"][index],
                 take(audios, "audio clips (with use_audio_in_video each video takes the next one as its sound)"),
-                self.position_ids_per_second,
-                self.seconds_per_chunk,
             )
             tokens = {"video": self.video_token, "audio": self.audio_token}
             body = "".join(tokens[modality] * count for modality, count in layout)

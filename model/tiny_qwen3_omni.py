@@ -26,6 +26,7 @@ from model.tiny import MARKER_FILE, init_tensor, qwen2_bpe_dir
 
 SEED = 20250922  # Qwen3-Omni's release date; any fixed value works
 RELEASED_CONFIG = C.CONFIGS_DIR / "qwen3-omni-30b-a3b" / "config.as-loaded.json"
+PROCESSOR_FILES = ("chat_template.json", "preprocessor_config.json")
 RELEASED_PARAMETERS = 35_259_818_545  # counted from the real safetensors (15 shards, 28,010 tensors)
 
 # Head dims are 16, so each rope section is the real one (head dim 128) scaled by 1/8, rounded to sum 8.
@@ -177,6 +178,18 @@ ADDED_TOKENS = {
 }
 
 
+# The processor's names for the media markers (transformers' Qwen3OmniMoeProcessor reads the same attributes).
+MEDIA_TOKEN_NAMES = {
+    "image_token": "<|image_pad|>",
+    "audio_token": "<|audio_pad|>",
+    "video_token": "<|video_pad|>",
+    "vision_bos_token": "<|vision_start|>",
+    "vision_eos_token": "<|vision_end|>",
+    "audio_bos_token": "<|audio_start|>",
+    "audio_eos_token": "<|audio_end|>",
+}
+
+
 def tokenizer_config() -> dict:
     decoder = {
         str(i): {"content": text, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": special}
@@ -194,6 +207,7 @@ def tokenizer_config() -> dict:
         "split_special_tokens": False,
         "tokenizer_class": "Qwen2Tokenizer",
         "unk_token": None,
+        "extra_special_tokens": MEDIA_TOKEN_NAMES,
     }
 
 
@@ -211,6 +225,8 @@ def build(out_dir: str | Path) -> Path:
     for name in ("vocab.json", "merges.txt"):
         shutil.copyfile(bpe / name, out / name)
     (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(), indent=2) + "\n")
+    for name in PROCESSOR_FILES:  # the Instruct chat template and the processor's settings (see the configs' README)
+        shutil.copyfile(RELEASED_CONFIG.parent / name, out / name)
     (out / MARKER_FILE).write_text(json.dumps({"seed": SEED, "random_weights": True, "family": "qwen3-omni"}) + "\n")
     (out / "README.md").write_text(
         "# tiny-random-qwen3-omni\n\nRandom weights with the Qwen3-Omni-30B-A3B architecture at tiny widths (every "

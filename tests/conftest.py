@@ -32,6 +32,21 @@ def loaded(tiny_dir):
 
 
 @pytest.fixture(scope="session")
+def qwen3_dir(tmp_path_factory) -> Path:
+    from model.loading import TINY_QWEN3, ensure_tiny_checkpoint
+
+    return ensure_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-qwen3-omni", TINY_QWEN3)
+
+
+@pytest.fixture(scope="session")
+def qwen3_loaded(qwen3_dir):
+    """The tiny Qwen3-Omni, loaded through the same function users run."""
+    from model.loading import load_omni
+
+    return load_omni(str(qwen3_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
 def playwright():
     if not CHROMIUM.exists():
         if os.environ.get("CI"):

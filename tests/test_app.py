@@ -25,7 +25,7 @@ def test_page_shows_the_model_the_notice_and_the_live_controls(server):
     page = config(server)
     texts = [str(c.get("props", {}).get("value", "")) for c in page["components"]]
     assert any("tiny random-weight" in t and "noise" in t for t in texts)
-    assert "tiny random-weight checkpoint on cpu" in component(page, "model-status")["props"]["value"]
+    assert "tiny random-weight Qwen2.5-Omni checkpoint on cpu" in component(page, "model-status")["props"]["value"]
     voices = next(c for c in page["components"] if c.get("props", {}).get("label") == "Voice")
     assert [choice[0] for choice in voices["props"]["choices"]] == ["Chelsie", "Ethan"]
     mic, camera = component(page, "mic")["props"], component(page, "camera")["props"]

@@ -187,7 +187,7 @@ def test_a_model_that_does_not_load_exits_2(tmp_path, capsys, model):
     assert main(["--model", str(directory), "--text", "Hi", "--device", "cpu"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
-    assert ("is not a Qwen2.5-Omni checkpoint" if model == "not-a-checkpoint" else "neither a checkpoint") in lines[0]
+    assert ("is not a Qwen2.5-Omni or Qwen3-Omni checkpoint" if model == "not-a-checkpoint" else "neither a checkpoint") in lines[0]
 
 
 @pytest.mark.parametrize("case", ["audio", "video_with_sound"])

@@ -114,8 +114,29 @@ def test_transformers_generates_speech_with_it(checkpoint):
     assert audio is not None and audio.numel() > 0 and torch.isfinite(audio).all()
 
 
-def test_the_app_says_plainly_that_it_does_not_serve_qwen3_omni_yet(checkpoint):
+def test_load_omni_loads_it_with_its_voices_processor_and_template(qwen3_loaded):
+    loaded = qwen3_loaded
+    assert loaded.family.name == "Qwen3-Omni" and loaded.is_tiny
+    assert loaded.voices == {"Chelsie": {"speaker_id": 2301}, "Ethan": {"speaker_id": 2302}, "Aiden": {"speaker_id": 2303}}
+    assert type(loaded.model).__name__ == "Qwen3OmniMoeForConditionalGeneration"
+    processor = loaded.processor
+    assert (processor.audio_token_id, processor.image_token_id, processor.video_token_id) == (151675, 151655, 151656)
+    assert (processor.audio_bos_token_id, processor.vision_bos_token_id) == (151669, 151652)
+    prompt = processor.apply_chat_template(
+        [{"role": "system", "content": "S"}, {"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "hi"}]}]
+    )
+    # The Instruct template: no <think> block; the generation prompt is the three tokens the talker's input
+    # is built around.
+    assert prompt == (
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\n<|audio_start|><|audio_pad|><|audio_end|>hi<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    assert "tiny random-weight Qwen3-Omni" in loaded.describe()
+
+
+def test_a_checkpoint_of_another_model_is_refused_plainly(tmp_path):
     from model.loading import LoadError, load_omni
 
-    with pytest.raises(LoadError, match="is a Qwen3-Omni checkpoint; this version of the app serves Qwen2.5-Omni only"):
-        load_omni(str(checkpoint), device="cpu")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(LoadError, match="not a Qwen2.5-Omni or Qwen3-Omni checkpoint"):
+        load_omni(str(tmp_path), device="cpu")

@@ -25,9 +25,10 @@ from model.engine.events import (
 )
 from model.engine.sampling import TokenChooser
 from model.engine.speech_worker import start_speech
+from model.engine.talker_inputs import Qwen3TalkerInputs, Qwen25TalkerInputs
 from model.engine.talker_stream import TalkerStream
+from model.engine.talker_stream_qwen3 import residual_sampling
 from model.engine.thinker_stream import ThinkerStream
-from model.engine.token2wav_stream import StreamingToken2Wav, VoiceCache
 
 
 class TextStreamer:
@@ -49,21 +50,22 @@ class TextStreamer:
 
 class AnswerDecoder:
     """Decodes one answer from the logits the prompt left. `tokens` are the thinker's choices, `fed` how
-    many of them are in its cache, `codes` the talker's."""
+    many of them are in its cache, `codes` the talker's (Qwen3-Omni: a frame of 16 codes each)."""
 
     def __init__(
         self,
         thinker: ThinkerStream,
         talker: TalkerStream | None,
-        token2wav,
+        vocoder,
         voice: dict | None,
         tokenizer,
         settings: AnswerSettings,
         interrupt: threading.Event,
         started: float,
         talker_prompt: Callable[[], tuple[torch.Tensor, torch.Tensor] | None] = lambda: None,
-        voice_cache: VoiceCache | None = None,
+        talker_inputs: Qwen25TalkerInputs | Qwen3TalkerInputs | None = None,
     ):
+        """`vocoder`: the answer's StreamingToken2Wav or StreamingCode2Wav, None for a text-only answer."""
         self.thinker, self.talker, self.settings = thinker, talker, settings
         self.interrupt = interrupt
         self.started = started
@@ -81,32 +83,24 @@ class AnswerDecoder:
             eos=(C.IM_END_ID,),
             margins=settings.margins,
         )
-        self.talk = TokenChooser(
-            settings.talker,
-            suppress=(C.CODEC_BOS_ID,),
-            generator=generator,
-            device=device,
-            min_new_tokens=settings.talker_min_new_tokens,
-            eos=C.TALKER_EOS_CODES,
-            margins=settings.margins,
-        )
-        self.speaking = voice is not None
+        self.speaking = vocoder is not None
+        self.talk = None
         if self.speaking:
-            self._token2wav = StreamingToken2Wav(
-                token2wav,
-                voice,
-                noise=settings.noise_seed,
-                first_chunk_frames=settings.first_chunk_frames,
-                chunk_frames=settings.chunk_frames,
-                max_chunk_frames=settings.max_chunk_frames,
-                solver=settings.solver,
-                num_steps=settings.num_steps,
-                voice_cache=(voice_cache, settings.voice) if voice_cache is not None else None,
+            self.talk = TokenChooser(
+                settings.talker,
+                suppress=talker.suppressed,
+                generator=generator,
+                device=device,
+                min_new_tokens=settings.talker_min_new_tokens,
+                eos=talker.eos_codes,
+                margins=settings.margins,
             )
-            embed = thinker.embed
-            self.bos_embed = embed(torch.tensor([[voice["bos_token"]]], device=device))
-            self.text_eos = embed(torch.tensor([[C.TALKER_TEXT_EOS_ID]], device=device))
-            self.text_pad = embed(torch.tensor([[C.TALKER_TEXT_PAD_ID]], device=device))
+            residual = TokenChooser(residual_sampling(settings.talker), generator=generator, device=device)
+            no_history = torch.zeros((1, 0), dtype=torch.long, device=device)
+            self.residual = lambda logits: residual.choose(logits, no_history)
+            self._token2wav = vocoder
+            self.voice = talker_inputs.voice(voice)
+            self.text_eos, self.text_pad = talker_inputs.reply_end(), talker_inputs.reply_pad()
         self.text = TextStreamer(tokenizer)
         self.tokens: list[int] = []
         self.codes: list[int] = []
@@ -158,20 +152,21 @@ class AnswerDecoder:
         timings.total = time.perf_counter() - self.started
         timings.tokens, timings.codes = len(self.tokens), len(self.codes)
         text = self.text.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        return AnswerDone(text, self.tokens, self.codes, timings, self.interrupted, self.think.margins, self.talk.margins)
+        return AnswerDone(text, self.tokens, self.codes, timings, self.interrupted, self.think.margins, self.talk.margins if self.talk else [])
 
     def _talk_step(self, reply: torch.Tensor) -> Iterator[AudioChunk]:
         """One talker step fed `reply`; the code it chose goes to token2wav."""
         if self._code_logits is None:
-            self._code_logits = self.talker.start(self.bos_embed, reply, self.talker_prompt())
+            self._code_logits = self.talker.start(self.voice, reply, self.talker_prompt())
         else:
             self._code_logits = self.talker.step(self.codes[-1], reply)
         code = self.talk.choose(self._code_logits, self.talker.penalty_history())
-        ends = code in C.TALKER_EOS_CODES or len(self.codes) + 1 >= self.settings.talker_max_new_tokens
+        ends = code in self.talker.eos_codes or len(self.codes) + 1 >= self.settings.talker_max_new_tokens
         self._talker_done = ends
-        if code not in C.TALKER_EOS_CODES:
-            self.codes.append(code)
-            self.speech.feed([code])
+        if code not in self.talker.eos_codes:
+            frame = self.talker.frame(code, self.residual)
+            self.codes.append(frame)
+            self.speech.feed([frame])
         yield from self._audio(self.speech.ready())
 
     def _audio(self, chunks) -> Iterator[AudioChunk]:

@@ -18,7 +18,6 @@ from model import constants as C
 from model.conversation import Audio, Conversation, Part, Turn
 from model.engine.live_input import SAMPLES_PER_WINDOW
 from model.engine.thinker_stream import Segment
-from model.processing import audio_token_count
 
 
 @dataclass(frozen=True)
@@ -34,12 +33,20 @@ class LivePrompt:
 
 class PromptEncoder:
     def __init__(self, thinker, processor):
-        self.thinker = thinker  # Qwen2_5OmniThinkerForConditionalGeneration
+        self.thinker = thinker  # Qwen2_5OmniThinkerForConditionalGeneration or Qwen3-Omni's thinker
         self.processor = processor
+        self.audio_id, self.image_id, self.video_id = processor.audio_token_id, processor.image_token_id, processor.video_token_id
+        # Qwen3-Omni's vision encoder also feeds features into the first decoder layers ("deepstack"); the
+        # engine does not pass them yet, so images and video are refused there rather than misread.
+        self.vision = not getattr(thinker.config.vision_config, "deepstack_visual_indexes", None)
 
     @property
     def device(self) -> torch.device:
         return self.thinker.lm_head.weight.device
+
+    def check_vision(self) -> None:
+        if not self.vision:
+            raise ValueError("Images and video are not served for Qwen3-Omni by this version yet; send text or audio.")
 
     def token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
         return self.thinker.get_input_embeddings()(ids)
@@ -50,21 +57,23 @@ class PromptEncoder:
         holds the processor's tensors (any of audio features, image pixels, video pixels, with their grids)."""
         embeds = self.token_embeddings(ids)
         dtype, model = embeds.dtype, self.thinker.model
+        if "pixel_values" in media or "pixel_values_videos" in media:
+            self.check_vision()
         if "input_features" in media:
             features = model.get_audio_features(
                 media["input_features"].to(self.device, dtype), media["feature_attention_mask"].to(self.device)
             ).last_hidden_state
-            embeds = embeds.masked_scatter((ids == C.AUDIO_TOKEN_ID).unsqueeze(-1), features.to(dtype))
+            embeds = embeds.masked_scatter((ids == self.audio_id).unsqueeze(-1), features.to(dtype))
         if "pixel_values" in media:
             out = model.get_image_features(media["pixel_values"].to(self.device, dtype), media["image_grid_thw"].to(self.device))
             features = torch.cat(out.pooler_output, dim=0)
-            embeds = embeds.masked_scatter((ids == C.IMAGE_TOKEN_ID).unsqueeze(-1), features.to(dtype))
+            embeds = embeds.masked_scatter((ids == self.image_id).unsqueeze(-1), features.to(dtype))
         if "pixel_values_videos" in media:
             out = model.get_video_features(
                 media["pixel_values_videos"].to(self.device, dtype), media["video_grid_thw"].to(self.device)
             )
             features = torch.cat(out.pooler_output, dim=0)
-            embeds = embeds.masked_scatter((ids == C.VIDEO_TOKEN_ID).unsqueeze(-1), features.to(dtype))
+            embeds = embeds.masked_scatter((ids == self.video_id).unsqueeze(-1), features.to(dtype))
         return embeds
 
     def rope_ids(
@@ -122,11 +131,21 @@ class PromptEncoder:
     # ------------------------------------------------------------ live windows
 
     def live_window(
-        self, frames: list[np.ndarray], audio: np.ndarray, head: list[int], tail: list[int], so_far: LivePrompt, offset: int
+        self,
+        frames: list[np.ndarray],
+        audio: np.ndarray,
+        head: list[int],
+        tail: list[int],
+        so_far: LivePrompt,
+        offset: int,
+        audio_group: tuple[list[np.ndarray], int] | None = None,
     ) -> tuple[Segment, LivePrompt]:
         """One live window after `so_far`: `head` (the turn's opening, before its first window), then its video
         tokens (its frames, in pairs), then its audio tokens (its sound's log-mel, computed from this window
-        alone). `tail` is the turn's closing, for the rope ids. Returns the segment and the prompt after it."""
+        alone). `tail` is the turn's closing, for the rope ids. `audio_group`: the sound of each window of its
+        audio encoder group and its place among them, for an encoder that attends across windows (Qwen3-Omni):
+        the group is encoded together and this window's tokens taken from it. Returns the segment and the
+        prompt after it."""
         media: dict = {}
         if frames:
             if len(frames) % 2:  # an odd tail repeats its last frame, as the processor does
@@ -142,14 +161,35 @@ class PromptEncoder:
             so_far.audio_frames + (int(media["feature_attention_mask"].sum()) if len(audio) else 0),
             tuple(grid[0, 1:].tolist()) if grid is not None else so_far.grid_hw,
         )
-        return self._live_segment(ids, media, so_far, after, tail, offset), after
+        audio_tokens = self._group_audio_tokens(*audio_group) if audio_group and len(audio) else None
+        return self._live_segment(ids, media, so_far, after, tail, offset, audio_tokens), after
+
+    @torch.no_grad()
+    def _group_audio_tokens(self, pieces: list[np.ndarray], place: int) -> torch.Tensor:
+        """The audio encoder's output for window `place` of a group, encoded with the whole group (each
+        window's log-mel computed alone, as everywhere on the live path)."""
+        features = [self.processor._audio_features([piece])[0]["input_features"][0] for piece in pieces]
+        dtype = self.thinker.get_input_embeddings().weight.dtype
+        joined = torch.cat(features, dim=-1)[None].to(self.device, dtype)
+        mask = torch.ones((1, joined.shape[-1]), dtype=torch.long, device=self.device)
+        tokens = self.thinker.model.get_audio_features(joined, mask).last_hidden_state
+        counts = [self.processor.audio_tokens(f.shape[-1]) for f in features]
+        start = sum(counts[:place])
+        return tokens[start : start + counts[place]]
 
     def live_closing(self, tail: list[int], so_far: LivePrompt, offset: int) -> Segment:
         """The closing tokens after a live turn's last window."""
         return self._live_segment(tail, {}, so_far, so_far, [], offset)
 
     def _live_segment(
-        self, new_ids: list[int], media: Mapping, before: LivePrompt, totals: LivePrompt, tail: list[int], offset: int
+        self,
+        new_ids: list[int],
+        media: Mapping,
+        before: LivePrompt,
+        totals: LivePrompt,
+        tail: list[int],
+        offset: int,
+        audio_tokens: torch.Tensor | None = None,
     ) -> Segment:
         """`new_ids` at their TMRoPE ids: transformers' get_rope_index over the turn so far (`totals`' media),
         closed by `tail`. Ids already placed do not depend on what follows, so every window gets the ids the
@@ -168,7 +208,12 @@ class PromptEncoder:
         )
         new = torch.tensor([new_ids], dtype=torch.long, device=device)
         placed = positions[:, :, len(before.ids) : len(before.ids) + len(new_ids)] + offset
-        return Segment(new, self.media_embeddings(new, media), placed)
+        if audio_tokens is None:
+            return Segment(new, self.media_embeddings(new, media), placed)
+        video = {k: v for k, v in media.items() if k not in ("input_features", "feature_attention_mask")}
+        embeds = self.media_embeddings(new, video)
+        embeds = embeds.masked_scatter((new == self.audio_id).unsqueeze(-1), audio_tokens.to(embeds.dtype))
+        return Segment(new, embeds, placed)
 
     def _placeholder_ids(self, media: Mapping) -> list[int]:
         """A live window's tokens: its video tokens, then its audio tokens (the layout of a video with its
@@ -176,9 +221,9 @@ class PromptEncoder:
         ids = []
         if "video_grid_thw" in media:
             merge = self.processor.video_processor.merge_size
-            ids += [C.VIDEO_TOKEN_ID] * int(media["video_grid_thw"].prod() // merge**2)
+            ids += [self.video_id] * int(media["video_grid_thw"].prod() // merge**2)
         if "feature_attention_mask" in media:
-            ids += [C.AUDIO_TOKEN_ID] * audio_token_count(int(media["feature_attention_mask"].sum()))
+            ids += [self.audio_id] * self.processor.audio_tokens(int(media["feature_attention_mask"].sum()))
         return ids
 
 

@@ -10,7 +10,10 @@ arrive, camera lag and a restore change nothing. `LiveTimeline` holds that conte
   turn with sound has as many slots as its sound lasts; a camera-only turn ends with its last frame.
 * **Windows.** The model reads a video with its sound as 2 s windows (thinker `seconds_per_chunk`): window
   k holds slots 4k..4k+3 (two frame pairs, its video tokens) and samples [2k s, 2k+2 s) (its audio
-  tokens). The audio encoder encodes 2 s blocks independently, so each window can be encoded on its own.
+  tokens). Qwen2.5-Omni's audio encoder encodes 2 s blocks independently, so each window can be encoded on
+  its own. Qwen3-Omni's attends within 8 s groups (`group_samples`): a window's tokens depend on every
+  window of its group, so its plan says how much of the group is in (`Window.group_samples`); when the
+  group grows, its windows are redone, and the turn's final cache is the whole turn's encoding.
   A last window's sound shorter than `MIN_WINDOW_SAMPLES` gives no audio token and is left out.
 * **When a window is settled while the user still speaks**: its 2 s of sound are in, and the camera has
   delivered a frame at or past the window's last slot (no later frame can change what its slots take), or
@@ -59,6 +62,7 @@ class Window:
     frames: tuple[int, ...]  # the frame id in each of its slots; () without a camera
     camera: bool  # the turn has pictures (the prompt's markers depend on it)
     sound: bool  # the turn has sound
+    group_samples: int = 0  # the sound of its audio encoder group encoded with it (0: it encodes alone)
 
     @property
     def audio_start(self) -> int:
@@ -66,9 +70,11 @@ class Window:
 
 
 class LiveTimeline:
-    """One live turn's content, in any order and chunking, and the windows it makes."""
+    """One live turn's content, in any order and chunking, and the windows it makes. `group_samples`: the
+    audio encoder's attention group in samples, a multiple of the window (0: each window encodes alone)."""
 
-    def __init__(self):
+    def __init__(self, group_samples: int = 0):
+        self.group_samples = group_samples
         self._audio: list[np.ndarray] = []
         self.samples = 0
         self._joined: np.ndarray | None = None
@@ -153,10 +159,23 @@ class LiveTimeline:
         else:
             audio, slots, sound = SAMPLES_PER_WINDOW, range(index * SLOTS_PER_WINDOW, (index + 1) * SLOTS_PER_WINDOW), True
         frames = tuple(self._slot_frame(j) for j in slots) if self._frames else ()
-        return Window(index, audio, frames, self.camera, sound)
+        group = 0
+        if self.group_samples and audio:
+            group_start = start - start % self.group_samples
+            known = self.kept_samples() if final else self.samples // SAMPLES_PER_WINDOW * SAMPLES_PER_WINDOW
+            group = min(known, group_start + self.group_samples) - group_start
+        return Window(index, audio, frames, self.camera, sound, group)
 
     def window_audio(self, window: Window) -> np.ndarray:
         return self.audio()[window.audio_start : window.audio_start + window.audio_samples]
+
+    def group_audio(self, window: Window) -> tuple[list[np.ndarray], int]:
+        """The sound of each window of `window`'s audio encoder group, as far as its plan holds it, and its own
+        place among them."""
+        start = window.audio_start - window.audio_start % self.group_samples
+        end = start + window.group_samples
+        pieces = [self.audio()[at : min(at + SAMPLES_PER_WINDOW, end)] for at in range(start, end, SAMPLES_PER_WINDOW)]
+        return pieces, (window.audio_start - start) // SAMPLES_PER_WINDOW
 
     def slot_frames(self) -> list[tuple[np.ndarray, float]]:
         """The whole turn's video on the 2 fps grid, (frame, slot time): the canonical form of its pictures

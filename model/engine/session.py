@@ -32,11 +32,11 @@ from model.engine import history as H
 from model.engine.answer import AnswerDecoder
 from model.engine.encode import LivePrompt, PromptEncoder
 from model.engine.events import AnswerSettings, ContextTrimmed, Event
+from model.engine.family import engine_parts
 from model.engine.history import AnswerTurn, LiveTurn, Record, UserTurn
 from model.engine.kv_cache import GrowingKV, StaticKV
 from model.engine.live_input import LiveTimeline, Window
 from model.engine.prompt import TurnTemplate
-from model.engine.talker_stream import TalkerStream
 from model.engine.thinker_stream import ThinkerStream
 
 DECODE_MODES = ("growing", "static", "compiled")
@@ -72,7 +72,7 @@ class OmniSession:
     def __init__(
         self,
         loaded,
-        system_prompt: str = C.AUDIO_SYSTEM_PROMPT,
+        system_prompt: str | None = None,
         use_audio_in_video: bool = True,
         prefill_talker: bool = True,
         max_positions: int | None = None,
@@ -87,7 +87,9 @@ class OmniSession:
         self.loaded = loaded
         self.model = loaded.model
         self.processor = loaded.processor
-        self.template = TurnTemplate(self.processor, system_prompt)
+        self.parts = engine_parts(self.model, self.processor)  # what differs between model families
+        # Default: the family's (Qwen2.5-Omni speaks only under its fixed prompt).
+        self.template = TurnTemplate(self.processor, loaded.family.system_prompt if system_prompt is None else system_prompt)
         self.encoder = PromptEncoder(self.model.thinker, self.processor)
         # One layout for every video of the conversation, as transformers requires; a video without sound
         # is laid out without audio either way.
@@ -107,8 +109,10 @@ class OmniSession:
         self._clear()
 
     def _clear(self) -> None:
-        self.thinker = ThinkerStream(self.model.thinker, self._kv(self.model.thinker.config.text_config))
-        self.talker = TalkerStream(self.model.talker, self._kv(self.model.talker.config)) if hasattr(self.model, "talker") else None
+        has_talker = hasattr(self.model, "talker")
+        reads = self.parts.inputs if has_talker else None
+        self.thinker = ThinkerStream(self.model.thinker, self._kv(self.model.thinker.config.text_config), reads)
+        self.talker = self.parts.talker(self._kv) if has_talker else None
         self._talker_fed = 0  # entries of thinker.talker_states already in the talker's cache
         self._logits: torch.Tensor | None = None  # after the last prefill: the answer's first choice
         self._closing: list[int] = []  # the last answer's unfed tail (its last token, if not <|im_end|>)
@@ -177,11 +181,14 @@ class OmniSession:
 
     def feed_frame(self, frame: np.ndarray, seconds: float) -> None:
         """A live camera frame (RGB uint8) taken `seconds` after the turn began."""
+        self.encoder.check_vision()
         if self._open_live().timeline.add_frame(frame, seconds):
             self._prefill_settled()
 
     def feed(self, audio: np.ndarray, frames=()) -> None:
         """More of a live turn at once: 16 kHz audio and camera frames, each (frame, seconds into the turn)."""
+        if frames:
+            self.encoder.check_vision()
         timeline = self._open_live().timeline
         timeline.add_audio(audio)
         for frame, seconds in frames:
@@ -255,7 +262,8 @@ class OmniSession:
             if not self._restoring and self.thinker.next_position + self.max_positions // 4 > self.max_positions:
                 self._trim(keep_last=0)  # make room before the user's speech goes in
             self._close_last_answer()
-            self._live = _OpenLiveTurn(LiveTimeline(), self._checkpoint(), self.thinker.next_position, not self._records)
+            timeline = LiveTimeline(self.parts.audio_group_samples)
+            self._live = _OpenLiveTurn(timeline, self._checkpoint(), self.thinker.next_position, not self._records)
         return self._live
 
     def _prefill_settled(self) -> None:
@@ -288,7 +296,8 @@ class OmniSession:
             tail = self.template.live_ids("tail", live.first, plan.camera, plan.sound)
             before = _Checkpoint(self.thinker.mark_after(*segments), talker, self._talker_fed)
             frames = [timeline.frame(f) for f in plan.frames]
-            segment, so_far = self.encoder.live_window(frames, timeline.window_audio(plan), head, tail, so_far, live.offset)
+            group = timeline.group_audio(plan) if plan.group_samples else None
+            segment, so_far = self.encoder.live_window(frames, timeline.window_audio(plan), head, tail, so_far, live.offset, group)
             segments.append(segment)
             prefilled.append(_PrefilledWindow(plan, before, so_far))
         if close:
@@ -330,7 +339,7 @@ class OmniSession:
         states = torch.cat(self.thinker.talker_states[self._talker_fed : through], dim=1)
         positions = torch.cat(self.thinker.state_positions[self._talker_fed : through], dim=-1)
         self._talker_fed = through
-        return states, positions
+        return (states, positions) if states.shape[1] else None  # Qwen3-Omni's talker reads user turns only
 
     # ------------------------------------------------------------------ history
 
@@ -416,7 +425,7 @@ class OmniSession:
         decoder = AnswerDecoder(
             self.thinker,
             self.talker,
-            self.model.token2wav if speaking else None,
+            self.parts.vocoder(settings.voice, voices[settings.voice], settings, self.loaded.voice_cache) if speaking else None,
             voices[settings.voice] if speaking else None,
             self.processor.tokenizer,
             settings,
@@ -424,7 +433,7 @@ class OmniSession:
             started,
             # The talker's prompt (the conversation so far), in its first forward pass: after the first text.
             talker_prompt=lambda: self._unread_talker_states(through=prompt_states),
-            voice_cache=self.loaded.voice_cache,
+            talker_inputs=self.parts.inputs,
         )
         logits, self._logits = self._logits, None
         start = self.thinker.next_position

@@ -26,7 +26,7 @@ from model.engine.token2wav_stream import StreamingToken2Wav
 def start_speech(stream: StreamingToken2Wav, threaded: bool | None = None) -> SpeechWorker | InlineSpeech:
     """`threaded`: None picks the thread on CUDA only (see above)."""
     if threaded is None:
-        threaded = stream.voice.cond.device.type == "cuda"  # the voice lives on the DiT's device
+        threaded = stream.device.type == "cuda"
     return SpeechWorker(stream) if threaded else InlineSpeech(stream)
 
 
@@ -131,7 +131,7 @@ class SpeechWorker:
 
     def _run(self, stream: StreamingToken2Wav, threads: int) -> None:
         torch.set_num_threads(threads)  # a new thread starts from the process default, not the caller's setting
-        device = stream.voice.cond.device
+        device = stream.device
         side_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         try:
             with torch.no_grad(), torch.cuda.stream(side_stream) if side_stream else contextlib.nullcontext():

@@ -25,6 +25,9 @@ class TalkerStream:
     prompt_length: int = 0  # positions that belong to the conversation (kept across answers)
     prompt_next_position: int = 0
     codes: list[int] = field(default_factory=list)  # this answer's codes so far
+    eos_codes: tuple[int, ...] = C.TALKER_EOS_CODES  # transformers' default talker_eos_token_id
+    suppressed: tuple[int, ...] = (C.CODEC_BOS_ID,)
+    last_hidden: torch.Tensor | None = field(default=None, repr=False)  # the last position's, from the last forward
 
     def __post_init__(self):
         if self.cache is None:
@@ -42,9 +45,16 @@ class TalkerStream:
             raise RuntimeError(f"the talker is mid-answer; end the answer before {doing}")
 
     def _forward(self, inputs: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        hidden = self.cache.forward(self.talker.model, self.talker.thinker_to_talker_proj(inputs), position_ids)
+        hidden = self.cache.forward(self.talker.model, self.project(inputs), position_ids)
         self.length += inputs.shape[1]
+        self.last_hidden = hidden[:, -1:]
         return self.talker.codec_head(hidden[:, -1]).float()
+
+    def project(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.talker.thinker_to_talker_proj(inputs)
+
+    def code_input(self, code) -> torch.Tensor:
+        return self.codec_embed(code)
 
     @torch.no_grad()
     def feed_prompt(self, states: torch.Tensor, position_ids: torch.Tensor) -> None:
@@ -55,27 +65,33 @@ class TalkerStream:
         self.next_position = self.prompt_next_position = int(position_ids.max()) + 1
 
     @torch.no_grad()
-    def start(
-        self, speaker_bos_embed: torch.Tensor, first_reply: torch.Tensor, prompt: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> torch.Tensor:
-        """The answer's first talker forward: speaker BOS + codec pad, first reply state + codec BOS, after
-        `prompt` (conversation states not fed yet, as `feed_prompt` takes them) in the same forward pass, as
-        transformers prefills the talker. Returns the logits of the first code."""
-        inputs = torch.cat(
-            [speaker_bos_embed + self.codec_embed(C.CODEC_PAD_ID), first_reply + self.codec_embed(C.CODEC_BOS_ID)],
-            dim=1,
-        )
+    def start(self, voice, first_reply: torch.Tensor, prompt: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """The answer's first talker forward: the voice's inputs and the first reply state (`answer_inputs`),
+        after `prompt` (conversation states not fed yet, as `feed_prompt` takes them) in the same forward pass,
+        as transformers prefills the talker. Returns the logits of the first code."""
+        inputs = self.answer_inputs(voice, first_reply)
+        count = inputs.shape[1]
         first = self.next_position if prompt is None else int(prompt[1].max()) + 1
-        positions = torch.arange(first, first + 2, device=self.device).view(1, 1, -1).expand(3, 1, -1)
+        positions = torch.arange(first, first + count, device=self.device).view(1, 1, -1).expand(3, 1, -1)
         if prompt is not None:
             self._between_answers("feeding more prompt")
             inputs = torch.cat([prompt[0], inputs], dim=1)
             positions = torch.cat([prompt[1], positions], dim=-1)
         logits = self._forward(inputs, positions)
         if prompt is not None:
-            self.prompt_length, self.prompt_next_position = self.length - 2, first
-        self.next_position = first + 2
+            self.prompt_length, self.prompt_next_position = self.length - count, first
+        self.next_position = first + count
         return logits
+
+    def answer_inputs(self, voice: torch.Tensor, first_reply: torch.Tensor) -> torch.Tensor:
+        """Speaker BOS + codec pad, first reply state + codec BOS (`voice`: the speaker's BOS embedding)."""
+        return torch.cat(
+            [voice + self.codec_embed(C.CODEC_PAD_ID), first_reply + self.codec_embed(C.CODEC_BOS_ID)], dim=1
+        )
+
+    def frame(self, code: int, residual=None) -> int:
+        """What one chosen code stands for: itself (Qwen3-Omni's talker adds its residual codes)."""
+        return code
 
     @torch.no_grad()
     def step(self, code: int, reply: torch.Tensor) -> torch.Tensor:
@@ -83,7 +99,7 @@ class TalkerStream:
         self.codes.append(code)
         position = torch.full((3, 1, 1), self.next_position, dtype=torch.long, device=self.device)
         self.next_position += 1
-        return self._forward(self.codec_embed(code) + reply, position)
+        return self._forward(self.code_input(code) + reply, position)
 
     def mark(self) -> tuple[int, int]:
         """Where the conversation's prompt stands now (between answers), for `rewind`."""

@@ -1,9 +1,9 @@
 """The thinker's side of a conversation: one KV cache, its rope position, and what the talker reads.
 
 Input arrives as segments (a turn's prompt, or a block of live input) with their embeddings and 3-D rope
-ids; each is prefilled onto the cache. Decoding feeds one token at a time. Every prefilled or fed position
-also leaves a "talker state" (the thinker's input embedding, zeroed at audio, image and video positions,
-plus its last hidden state), which is what transformers hands the talker.
+ids; each is prefilled onto the cache. Decoding feeds one token at a time. Every prefill or step also leaves
+an entry of "talker states", what transformers hands the talker for those positions (model/engine/
+talker_inputs.py: for Qwen2.5-Omni every position, for Qwen3-Omni user turns only, so an entry may be empty).
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import torch
 
 from model import constants as C
 from model.engine.kv_cache import GrowingKV, StaticKV
+from model.engine.talker_inputs import Qwen3TalkerInputs, Qwen25TalkerInputs
 
-MEDIA_TOKEN_IDS = (C.AUDIO_TOKEN_ID, C.IMAGE_TOKEN_ID, C.VIDEO_TOKEN_ID)
+MEDIA_TOKEN_IDS = (C.AUDIO_TOKEN_ID, C.IMAGE_TOKEN_ID, C.VIDEO_TOKEN_ID)  # Qwen2.5-Omni's
 
 
 @dataclass
@@ -29,12 +30,14 @@ class Segment:
 
 @dataclass
 class ThinkerStream:
-    thinker: object  # Qwen2_5OmniThinkerForConditionalGeneration
+    thinker: object  # Qwen2_5OmniThinkerForConditionalGeneration or Qwen3OmniMoeThinkerForConditionalGeneration
     cache: GrowingKV | StaticKV = None
+    talker_inputs: Qwen25TalkerInputs | Qwen3TalkerInputs | None = None  # None: no talker states kept
     ids: list[int] = field(default_factory=list)  # every token in the cache, in order
     next_position: int = 0  # rope id of the next text token: one past the largest id so far
-    talker_states: list[torch.Tensor] = field(default_factory=list)  # (1, n_i, hidden) per prefill/step
-    state_positions: list[torch.Tensor] = field(default_factory=list)  # their rope ids, (3, 1, n_i)
+    talker_states: list[torch.Tensor] = field(default_factory=list)  # (1, n_i, talker input) per prefill/step
+    state_positions: list[torch.Tensor] = field(default_factory=list)  # their talker rope ids, (3, 1, n_i)
+    entry_tokens: list[int] = field(default_factory=list)  # thinker tokens per entry (1: a decoded token)
 
     def __post_init__(self):
         if self.cache is None:
@@ -63,21 +66,39 @@ class ThinkerStream:
         start = 0
         for segment in segments:
             count = segment.ids.shape[1]
-            media = torch.isin(segment.ids, torch.tensor(MEDIA_TOKEN_IDS, device=segment.ids.device))
-            states = segment.embeds.masked_fill(media.unsqueeze(-1), 0.0) + hidden[:, start : start + count]
-            self.talker_states.append(states)
-            self.state_positions.append(segment.position_ids)
+            self._add_entry(count, segment, hidden, slice(start, start + count))
             self.ids.extend(segment.ids[0].tolist())
             self.next_position = int(segment.position_ids.max()) + 1
             start += count
         return self.thinker.lm_head(hidden[:, -1])
+
+    def _add_entry(self, count: int, segment: Segment | None = None, hidden=None, span=None, reply=None, position=None) -> None:
+        """The talker states of a prefilled segment (`hidden[:, span]` its last hidden states), or of a decoded
+        token (its `reply` state at `position`)."""
+        self.entry_tokens.append(count)
+        reads = self.talker_inputs
+        if reads is None:  # a model without a talker
+            states = positions = None
+        elif segment is not None:
+            states, positions = reads.prompt_states(segment, hidden, span, self.ids, self._talker_next())
+        else:
+            states, positions = reads.answer_states(reply, position)
+        self.talker_states.append(states)
+        self.state_positions.append(positions)
+
+    def _talker_next(self) -> int:
+        """One past the talker rope ids of the states so far."""
+        for positions in reversed(self.state_positions):
+            if positions is not None and positions.shape[-1]:
+                return int(positions.max()) + 1
+        return 0
 
     def mark_after(self, *segments: Segment) -> tuple[int, int, int]:
         """The `mark` there will be once `segments` are prefilled (before they are; none: the mark now)."""
         if not segments:
             return self.mark()
         length = self.length + sum(segment.ids.shape[1] for segment in segments)
-        return length, len(self.talker_states) + len(segments), int(segments[-1].position_ids.max()) + 1
+        return length, len(self.entry_tokens) + len(segments), int(segments[-1].position_ids.max()) + 1
 
     @torch.no_grad()
     def step(self, token: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,29 +107,28 @@ class ThinkerStream:
         embeds = self.embed(ids)
         position = torch.full((3, 1, 1), self.next_position, dtype=torch.long, device=self.device)
         hidden = self._forward(embeds, position)
-        state = embeds + hidden
-        self.talker_states.append(state)
-        self.state_positions.append(position)
+        state = self.talker_inputs.reply(embeds, hidden) if self.talker_inputs is not None else None
+        self._add_entry(1, reply=state, position=position)
         self.ids.append(token)
         self.next_position += 1
         return self.thinker.lm_head(hidden[:, -1]), state
 
     def mark(self) -> tuple[int, int, int]:
         """Where the cache stands now, for `rewind`."""
-        return self.length, len(self.talker_states), self.next_position
+        return self.length, len(self.entry_tokens), self.next_position
 
     def rewind(self, mark: tuple[int, int, int]) -> None:
         """Back to `mark`: everything prefilled or fed since is forgotten (a live window that must be redone)."""
-        length, states, next_position = mark
+        length, entries, next_position = mark
         self.cache.keep(length)
-        del self.ids[length:], self.talker_states[states:], self.state_positions[states:]
+        del self.ids[length:], self.entry_tokens[entries:], self.talker_states[entries:], self.state_positions[entries:]
         self.next_position = next_position
 
     def forget_last(self, count: int) -> None:
         """Drops the last `count` decoded tokens (one `step` each) from the cache and the talker states."""
-        if any(state.shape[1] != 1 for state in self.talker_states[-count:]):
+        if any(tokens != 1 for tokens in self.entry_tokens[-count:]):
             raise ValueError("forget_last drops decoded tokens only, not prefilled segments")
-        self.rewind((self.length - count, len(self.talker_states) - count, self.next_position - count))
+        self.rewind((self.length - count, len(self.entry_tokens) - count, self.next_position - count))
 
     def text_segment(self, ids: list[int]) -> Segment:
         """Plain text tokens that follow the cache (all three rope ids advance together)."""

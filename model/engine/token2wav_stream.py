@@ -454,6 +454,10 @@ class StreamingToken2Wav:
         self.reset()
 
     @property
+    def device(self) -> torch.device:
+        return self.voice.cond.device  # the voice lives on the DiT's device
+
+    @property
     def max_codes(self) -> int:
         return self.max_frames // self.mel_frames_per_code
 

@@ -1,0 +1,146 @@
+"""What the talker reads from the thinker, for each model family: its prompt states, the reply states it
+speaks from, and the markers that end a reply.
+
+Qwen2.5-Omni's talker reads every prompt position (the thinker's input embedding, zeroed at media, plus its
+last hidden state) at the thinker's own rope ids, and each reply token as embedding plus hidden state.
+Qwen3-Omni's talker reads the user turns only (not the system prompt, not earlier answers): text as the
+projected input embedding, audio, image and video positions as the projected hidden state of thinker layer
+`accept_hidden_layer`; its positions count its own sequence. Reply tokens are projected input embeddings, so
+the talker can run one token behind the thinker.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import ClassVar
+
+import torch
+
+from model import constants as C
+
+
+class Qwen25TalkerInputs:
+    def __init__(self, model, media_ids: tuple[int, ...]):
+        self.thinker = model.thinker
+        self.media_ids = media_ids
+
+    def embed(self, ids: list[int]) -> torch.Tensor:
+        device = self.thinker.lm_head.weight.device
+        return self.thinker.get_input_embeddings()(torch.tensor([ids], device=device))
+
+    def prompt_states(self, segment, hidden: torch.Tensor, span: slice, before: list[int], next_position: int):
+        """The talker's states for a prefilled segment (its last hidden states are `hidden[:, span]`) and their
+        rope ids: every position, at the thinker's ids."""
+        media = torch.isin(segment.ids, torch.tensor(self.media_ids, device=segment.ids.device))
+        return segment.embeds.masked_fill(media.unsqueeze(-1), 0.0) + hidden[:, span], segment.position_ids
+
+    def reply(self, embeds: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        return embeds + hidden
+
+    def answer_states(self, reply: torch.Tensor, position: torch.Tensor):
+        """A decoded token's entry: later answers' talkers read the conversation's answers too."""
+        return reply, position
+
+    def voice(self, voice: dict) -> torch.Tensor:
+        """The talker's first input for a voice: its BOS text token's embedding."""
+        return self.embed([voice["bos_token"]])
+
+    def reply_end(self) -> torch.Tensor:
+        return self.embed([C.TALKER_TEXT_EOS_ID])
+
+    def reply_pad(self) -> torch.Tensor:
+        return self.embed([C.TALKER_TEXT_PAD_ID])
+
+
+class LayerTap:
+    """The output of one decoder layer at its last forward on this thread: one forward hook per layer, shared
+    by every conversation on the model, each thread reading its own forwards."""
+
+    _taps: ClassVar[dict[int, LayerTap]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, layer: torch.nn.Module):
+        self._local = threading.local()
+        layer.register_forward_hook(self._keep)
+
+    @classmethod
+    def on(cls, layer: torch.nn.Module) -> LayerTap:
+        with cls._lock:
+            if id(layer) not in cls._taps:
+                cls._taps[id(layer)] = cls(layer)
+            return cls._taps[id(layer)]
+
+    def _keep(self, module, args, output) -> None:
+        self._local.output = output[0] if isinstance(output, tuple) else output
+
+    def last(self) -> torch.Tensor:
+        return self._local.output
+
+
+class Qwen3TalkerInputs:
+    def __init__(self, model, media_ids: tuple[int, ...]):
+        self.thinker, self.talker = model.thinker, model.talker
+        self.config = model.config
+        self.media_ids = media_ids
+        layer = model.config.talker_config.accept_hidden_layer  # hidden_states[k] is decoder layer k-1's output
+        self.tap = LayerTap.on(self.thinker.model.language_model.layers[layer - 1])
+
+    def embed(self, ids: list[int]) -> torch.Tensor:
+        device = self.thinker.lm_head.weight.device
+        return self.thinker.get_input_embeddings()(torch.tensor([ids], device=device))
+
+    def _user_mask(self, ids: list[int], before: list[int]) -> list[bool]:
+        """Which of `ids` lie in user turns, given the ids already in the cache: a position belongs to the
+        turn its last <|im_start|> opened (an <|im_start|> to the turn it opens), as transformers' generate
+        assigns them."""
+        role = None
+        for back in range(len(before) - 1, -1, -1):
+            if before[back] == C.IM_START_ID:
+                role = before[back + 1] if back + 1 < len(before) else (ids[0] if ids else None)
+                break
+        mask = []
+        for index, token in enumerate(ids):
+            if token == C.IM_START_ID and index + 1 < len(ids):
+                role = ids[index + 1]
+            mask.append(role == self.config.user_token_id)
+        return mask
+
+    def prompt_states(self, segment, hidden: torch.Tensor, span: slice, before: list[int], next_position: int):
+        """The talker's states for the user positions of a prefilled segment (`span` of the forward pass), at
+        the talker's own positions (following `next_position`); none for system and assistant positions."""
+        ids = segment.ids
+        keep = torch.tensor(self._user_mask(ids[0].tolist(), before), dtype=torch.bool, device=ids.device)
+        media = torch.isin(ids[0], torch.tensor(self.media_ids, device=ids.device))
+        text_states = self.talker.text_projection(segment.embeds[0][keep & ~media])
+        states = torch.empty((int(keep.sum()), text_states.shape[-1]), dtype=text_states.dtype, device=text_states.device)
+        kept_media = media[keep]
+        states[~kept_media] = text_states
+        if bool(kept_media.any()):
+            layer_hidden = self.tap.last()[0, span]
+            states[kept_media] = self.talker.hidden_projection(layer_hidden[keep & media])
+        positions = torch.arange(next_position, next_position + states.shape[0], device=ids.device)
+        return states.unsqueeze(0), positions.view(1, 1, -1).expand(3, 1, -1)
+
+    def reply(self, embeds: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        return self.talker.text_projection(embeds)
+
+    def answer_states(self, reply: torch.Tensor, position: torch.Tensor):
+        """A decoded token's entry: empty, later answers' talkers read the user turns only."""
+        return reply[:, :0], position[..., :0]
+
+    def voice(self, voice: dict) -> int:
+        """The talker's input for a voice: its speaker code."""
+        return voice["speaker_id"]
+
+    def tts(self, token_id: int) -> torch.Tensor:
+        return self.talker.text_projection(self.embed([token_id]))
+
+    def assistant_head(self) -> torch.Tensor:
+        """`<|im_start|>assistant\\n`, projected: the first three positions of every answer's talker input."""
+        return self.talker.text_projection(self.embed([C.IM_START_ID, self.config.assistant_token_id, C.NEWLINE_ID]))
+
+    def reply_end(self) -> torch.Tensor:
+        return self.tts(self.config.tts_eos_token_id)
+
+    def reply_pad(self) -> torch.Tensor:
+        return self.tts(self.config.tts_pad_token_id)

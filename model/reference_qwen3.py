@@ -1,0 +1,78 @@
+"""transformers' own, non-streaming Qwen3-Omni generation: the oracle for Qwen3-Omni as model/reference.py is
+for Qwen2.5-Omni. `Qwen3OmniMoeForConditionalGeneration.generate` runs the thinker to the end, then the talker
+with its code predictor, then code2wav over the whole answer; this returns its tokens, every frame's 16
+codes and the waveform.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from model.conversation import Conversation
+from model.reference import ReferenceResult, prepare_inputs
+
+
+@torch.no_grad()
+def reference_generate_qwen3(
+    loaded,
+    conversation: Conversation,
+    *,
+    voice: str = "Ethan",
+    text_only: bool = False,
+    max_new_tokens: int = 16,
+    talker_max_new_tokens: int = 32,
+    seed: int | None = 0,
+    audio_features: torch.Tensor | None = None,
+) -> ReferenceResult:
+    """One greedy answer (thinker, talker and code predictor). Random weights never choose EOS, so both
+    token counts are caps; transformers keeps one frame fewer than the talker's cap (the last code 0 never
+    gets its residual codes). `talker_codes` holds the frames, each [code 0, 15 residual codes].
+    `audio_features` (128, frames) replace the one audio's (e.g. the live path's per-window log-mel)."""
+    model, processor = loaded.model, loaded.processor
+    inputs = prepare_inputs(processor, conversation).to(loaded.device)
+    if audio_features is not None:
+        if int(inputs["feature_attention_mask"].sum()) != audio_features.shape[-1]:
+            raise ValueError("audio_features must replace exactly one audio's features, frame for frame")
+        inputs["input_features"] = audio_features[None].to(loaded.device)
+        inputs["feature_attention_mask"] = torch.ones((1, audio_features.shape[-1]), dtype=torch.long, device=loaded.device)
+    for key in ("input_features", "pixel_values", "pixel_values_videos"):
+        if key in inputs:
+            inputs[key] = inputs[key].to(loaded.dtype)
+    frames: list[torch.Tensor] = []
+    decode = model.code2wav.chunked_decode
+
+    def capture(codes, *args, **kwargs):
+        frames.append(codes.detach().cpu())
+        return decode(codes, *args, **kwargs)
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    model.code2wav.chunked_decode = capture
+    started = time.perf_counter()
+    try:
+        output = model.generate(
+            **inputs,
+            speaker=voice,
+            thinker_max_new_tokens=max_new_tokens,
+            thinker_do_sample=False,
+            talker_max_new_tokens=talker_max_new_tokens,
+            talker_do_sample=False,
+            return_audio=not text_only,
+        )
+    finally:
+        del model.code2wav.chunked_decode  # back to the class's method
+    seconds = time.perf_counter() - started
+    sequences, waveform = (output, None) if text_only else output
+    if hasattr(sequences, "sequences"):
+        sequences = sequences.sequences
+    prompt_len = inputs["input_ids"].shape[1]
+    tokens = sequences[0, prompt_len:].tolist()
+    text = processor.tokenizer.decode(tokens, skip_special_tokens=True)
+    result = ReferenceResult(inputs["input_ids"][0].tolist(), tokens, text, seconds=seconds)
+    if waveform is not None:
+        result.waveform = np.asarray(waveform.detach().float().cpu()).reshape(-1)
+        result.talker_codes = frames[0][0].T.tolist() if frames else []
+    return result
