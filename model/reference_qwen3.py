@@ -50,6 +50,9 @@ def reference_generate_qwen3(
 
     if seed is not None:
         torch.manual_seed(seed)
+    # transformers 5.23's talker reads `audio_config` from its own config for a prompt with audio and pictures,
+    # where only the thinker's config has it (AttributeError otherwise): lend it the thinker's.
+    model.talker.config.audio_config = model.config.thinker_config.audio_config
     model.code2wav.chunked_decode = capture
     started = time.perf_counter()
     try:
@@ -61,6 +64,7 @@ def reference_generate_qwen3(
             talker_max_new_tokens=talker_max_new_tokens,
             talker_do_sample=False,
             return_audio=not text_only,
+            use_audio_in_video=conversation.use_audio_in_video(),
         )
     finally:
         del model.code2wav.chunked_decode  # back to the class's method

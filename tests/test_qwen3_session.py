@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 
 from model import cases
 from model import loading_qwen3 as Q3
-from model.conversation import Audio, Conversation, Image, Text
+from model.conversation import Audio, Conversation, Image, Text, Video
 from model.engine.code2wav_stream import StreamingCode2Wav
 from model.engine.sampling import Sampling
-from model.media import load_audio, load_image
+from model.media import VideoClip, load_audio, load_image, load_video
 from model.reference_qwen3 import reference_generate_qwen3
 from model.session import AnswerDone, AnswerSettings, AudioChunk, OmniSession
 
@@ -120,13 +120,26 @@ def test_the_first_audio_leaves_after_the_first_frames(qwen3_loaded):
     assert len(chunks) > 2
 
 
-def test_an_image_is_refused_plainly_for_now(qwen3_loaded):
+MEDIA_CASES = {
+    "image": lambda: [Image(load_image(cases.PICTURE)), Text("What is in this picture?")],
+    "silent_video": lambda: [Video(load_video(cases.VIDEO_SILENT, with_audio=False)), Text("What happens in it?")],
+    "video_with_sound": lambda: [Video(load_video(cases.VIDEO_WITH_SOUND))],
+    "audio_and_image": lambda: [Audio(load_audio(cases.SPOKEN_QUESTION)), Image(load_image(cases.PICTURE))],
+}
+
+
+@pytest.mark.parametrize("case", list(MEDIA_CASES))
+def test_pictures_are_transformers_answer(qwen3_loaded, case):
+    """The vision encoder's deepstack features reach the thinker's first layers; the talker reads the
+    pictures' layer-24 states at transformers' talker positions (for a video with its sound, those of a
+    rule that is not told the sound is interleaved: transformers' generate never passes it the flag)."""
+    reference = reference_generate_qwen3(
+        qwen3_loaded, conversation(*MEDIA_CASES[case]()), max_new_tokens=TOKENS, talker_max_new_tokens=CODES
+    )
     session = OmniSession(qwen3_loaded)
-    with pytest.raises(ValueError, match="Images and video are not served for Qwen3-Omni"):
-        session.add_user_turn(Image(load_image(cases.PICTURE)), Text("What is this?"))
-    session.add_user_turn(Text(cases.FIRST_QUESTION))  # the conversation goes on
-    done, _ = answer(session, settings_for(text_only=True))
-    assert len(done.tokens) == TOKENS
+    session.add_user_turn(*MEDIA_CASES[case]())
+    assert session.thinker.ids == reference.prompt_ids
+    assert_same_answer(*answer(session, settings_for()), reference)
 
 
 @pytest.fixture(scope="module")
@@ -213,11 +226,24 @@ def test_a_window_is_redone_only_while_its_group_grows(qwen3_loaded):
     assert session.windows_redone == 1 + 2 + 3 + 1
 
 
-def test_the_camera_is_refused_plainly_for_now(qwen3_loaded):
+@pytest.mark.parametrize("sound", [True, False], ids=["camera_and_voice", "camera_only"])
+def test_live_camera_is_transformers_answer_to_the_turns_video(qwen3_loaded, sound):
+    """Frames and sound fed as they arrive; each 2 s window in Qwen3-Omni's layout (a frame pair, then the
+    audio up to the next): the answer is transformers' to the turn as one video on the 2 fps grid."""
+    from test_live_input import feed_live
+
+    from model.engine.encode import live_audio_features
+
+    clip = load_video(cases.VIDEO_WITH_SOUND) if sound else load_video(cases.VIDEO_SILENT, with_audio=False)
     session = OmniSession(qwen3_loaded)
-    session.feed_audio(speech_like(1.0, seed=4))
-    with pytest.raises(ValueError, match="Images and video are not served for Qwen3-Omni"):
-        session.feed_frame(np.zeros((64, 64, 3), np.uint8), 0.5)
-    session.feed_audio(speech_like(1.5, seed=5))
-    session.end_user_turn()  # the turn's sound is kept and answered
-    assert len(session.history[0].audio) == 40_000
+    feed_live(session, clip.audio if sound else None, clip.frames, clip.timestamps)
+    session.end_user_turn()
+    done, wave = answer(session, settings_for())
+    record = session.history[0]
+    frames = np.stack([frame for frame, _ in record.frames])
+    times = np.array([t for _, t in record.frames])
+    turn = conversation(Video(VideoClip(frames, times, 2.0, record.audio if sound else None)))
+    features = live_audio_features(qwen3_loaded.processor, record.audio) if sound else None
+    reference = reference_generate_qwen3(qwen3_loaded, turn, max_new_tokens=TOKENS, talker_max_new_tokens=CODES, audio_features=features)
+    assert session.thinker.ids[: len(reference.prompt_ids)] == reference.prompt_ids
+    assert_same_answer(done, wave, reference)

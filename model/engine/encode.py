@@ -36,45 +36,38 @@ class PromptEncoder:
         self.thinker = thinker  # Qwen2_5OmniThinkerForConditionalGeneration or Qwen3-Omni's thinker
         self.processor = processor
         self.audio_id, self.image_id, self.video_id = processor.audio_token_id, processor.image_token_id, processor.video_token_id
-        # Qwen3-Omni's vision encoder also feeds features into the first decoder layers ("deepstack"); the
-        # engine does not pass them yet, so images and video are refused there rather than misread.
-        self.vision = not getattr(thinker.config.vision_config, "deepstack_visual_indexes", None)
 
     @property
     def device(self) -> torch.device:
         return self.thinker.lm_head.weight.device
 
-    def check_vision(self) -> None:
-        if not self.vision:
-            raise ValueError("Images and video are not served for Qwen3-Omni by this version yet; send text or audio.")
-
     def token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
         return self.thinker.get_input_embeddings()(ids)
 
     @torch.no_grad()
-    def media_embeddings(self, ids: torch.Tensor, media: Mapping) -> torch.Tensor:
-        """Input embeddings of `ids` (1, n), with the encoders' outputs at the media placeholders. `media`
-        holds the processor's tensors (any of audio features, image pixels, video pixels, with their grids)."""
+    def media_embeddings(self, ids: torch.Tensor, media: Mapping) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """Input embeddings of `ids` (1, n), with the encoders' outputs at the media placeholders, and Qwen3-Omni's
+        deepstack features of its images and videos in position order (None: none). `media` holds the
+        processor's tensors (any of audio features, image pixels, video pixels, with their grids)."""
         embeds = self.token_embeddings(ids)
         dtype, model = embeds.dtype, self.thinker.model
-        if "pixel_values" in media or "pixel_values_videos" in media:
-            self.check_vision()
         if "input_features" in media:
             features = model.get_audio_features(
                 media["input_features"].to(self.device, dtype), media["feature_attention_mask"].to(self.device)
             ).last_hidden_state
             embeds = embeds.masked_scatter((ids == self.audio_id).unsqueeze(-1), features.to(dtype))
-        if "pixel_values" in media:
-            out = model.get_image_features(media["pixel_values"].to(self.device, dtype), media["image_grid_thw"].to(self.device))
-            features = torch.cat(out.pooler_output, dim=0)
-            embeds = embeds.masked_scatter((ids == self.image_id).unsqueeze(-1), features.to(dtype))
-        if "pixel_values_videos" in media:
-            out = model.get_video_features(
-                media["pixel_values_videos"].to(self.device, dtype), media["video_grid_thw"].to(self.device)
-            )
-            features = torch.cat(out.pooler_output, dim=0)
-            embeds = embeds.masked_scatter((ids == self.video_id).unsqueeze(-1), features.to(dtype))
-        return embeds
+        stacks = {}  # token id -> its deepstack layers
+        for token, pixels, grid, encode in (
+            (self.image_id, "pixel_values", "image_grid_thw", model.get_image_features),
+            (self.video_id, "pixel_values_videos", "video_grid_thw", model.get_video_features),
+        ):
+            if pixels in media:
+                out = encode(media[pixels].to(self.device, dtype), media[grid].to(self.device))
+                features = torch.cat(out.pooler_output, dim=0)
+                embeds = embeds.masked_scatter((ids == token).unsqueeze(-1), features.to(dtype))
+                if getattr(out, "deepstack_features", None) is not None:
+                    stacks[token] = [torch.cat(layer, dim=0).to(dtype) for layer in out.deepstack_features]
+        return embeds, _in_position_order(ids[0], stacks)
 
     def rope_ids(
         self,
@@ -118,15 +111,15 @@ class PromptEncoder:
             use_audio_in_video=interleave,
         ).to(self.device)
         ids = inputs["input_ids"]
-        positions = self.rope_ids(
-            ids,
-            image_grid=inputs.get("image_grid_thw"),
-            video_grid=inputs.get("video_grid_thw"),
-            audio_frames=inputs["feature_attention_mask"].sum(-1) if "feature_attention_mask" in inputs else None,
-            seconds_per_grid=inputs.get("video_second_per_grid"),
-            use_audio_in_video=interleave,
-        )
-        return Segment(ids, self.media_embeddings(ids, inputs), positions + offset)
+        media = {
+            "image_grid": inputs.get("image_grid_thw"),
+            "video_grid": inputs.get("video_grid_thw"),
+            "audio_frames": inputs["feature_attention_mask"].sum(-1) if "feature_attention_mask" in inputs else None,
+            "seconds_per_grid": inputs.get("video_second_per_grid"),
+        }
+        positions = self.rope_ids(ids, **media, use_audio_in_video=interleave)
+        embeds, deepstack = self.media_embeddings(ids, inputs)
+        return Segment(ids, embeds, positions + offset, deepstack, media)
 
     # ------------------------------------------------------------ live windows
 
@@ -209,22 +202,46 @@ class PromptEncoder:
         new = torch.tensor([new_ids], dtype=torch.long, device=device)
         placed = positions[:, :, len(before.ids) : len(before.ids) + len(new_ids)] + offset
         if audio_tokens is None:
-            return Segment(new, self.media_embeddings(new, media), placed)
-        video = {k: v for k, v in media.items() if k not in ("input_features", "feature_attention_mask")}
-        embeds = self.media_embeddings(new, video)
-        embeds = embeds.masked_scatter((new == self.audio_id).unsqueeze(-1), audio_tokens.to(embeds.dtype))
-        return Segment(new, embeds, placed)
+            embeds, deepstack = self.media_embeddings(new, media)
+        else:
+            video = {k: v for k, v in media.items() if k not in ("input_features", "feature_attention_mask")}
+            embeds, deepstack = self.media_embeddings(new, video)
+            embeds = embeds.masked_scatter((new == self.audio_id).unsqueeze(-1), audio_tokens.to(embeds.dtype))
+        return Segment(new, embeds, placed, deepstack)
 
     def _placeholder_ids(self, media: Mapping) -> list[int]:
-        """A live window's tokens: its video tokens, then its audio tokens (the layout of a video with its
-        sound, window by window)."""
-        ids = []
+        """A live window's tokens in the processor's layout of a video with its sound, window by window (a
+        window starts on a 2 s boundary, where both families' layouts start afresh): Qwen2.5-Omni's video
+        tokens, then its audio tokens; Qwen3-Omni's each frame pair, then the audio tokens up to the next."""
+        video = audio = 0
         if "video_grid_thw" in media:
-            merge = self.processor.video_processor.merge_size
-            ids += [self.video_id] * int(media["video_grid_thw"].prod() // merge**2)
+            grid_t, grid_h, grid_w = media["video_grid_thw"][0].tolist()
+            video = grid_h * grid_w // self.processor.video_processor.merge_size**2
         if "feature_attention_mask" in media:
-            ids += [self.audio_id] * self.processor.audio_tokens(int(media["feature_attention_mask"].sum()))
-        return ids
+            audio = self.processor.audio_tokens(int(media["feature_attention_mask"].sum()))
+        if not video:
+            return [self.audio_id] * audio
+        seconds_per_grid = self.processor.video_processor.temporal_patch_size / C.VIDEO_FPS
+        layout = self.processor.video_audio_layout(grid_t, video, seconds_per_grid, audio) if audio else [("video", grid_t * video)]
+        tokens = {"video": self.video_id, "audio": self.audio_id}
+        return [tokens[modality] for modality, count in layout for _ in range(count)]
+
+
+def _in_position_order(ids: torch.Tensor, stacks: dict[int, list[torch.Tensor]]) -> list[torch.Tensor] | None:
+    """Each layer's image and video deepstack features merged in the order their tokens stand in `ids`."""
+    if not stacks:
+        return None
+    if len(stacks) == 1:
+        return next(iter(stacks.values()))
+    visual = torch.isin(ids, torch.tensor(list(stacks), device=ids.device))
+    kinds = ids[visual]
+    merged = []
+    for layers in zip(*stacks.values()):
+        joint = layers[0].new_zeros((int(visual.sum()), layers[0].shape[-1]))
+        for token, layer in zip(stacks, layers):
+            joint[kinds == token] = layer
+        merged.append(joint)
+    return merged
 
 
 def live_audio_features(processor, audio: np.ndarray) -> torch.Tensor:

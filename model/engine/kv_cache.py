@@ -35,11 +35,14 @@ class GrowingKV:
     def get_seq_length(self) -> int:
         return self.cache.get_seq_length()
 
-    def forward(self, module, embeds: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, module, embeds: torch.Tensor, position_ids: torch.Tensor, **extra) -> torch.Tensor:
+        """`extra`: more of the decoder's arguments (Qwen3-Omni's deepstack vision features)."""
         total = self.get_seq_length() + embeds.shape[1]
         # An all-ones mask, as generate() passes, so the attention kernels see what they see there.
         mask = torch.ones((1, total), dtype=torch.long, device=embeds.device)
-        out = module(inputs_embeds=embeds, position_ids=position_ids, attention_mask=mask, past_key_values=self.cache, use_cache=True)
+        out = module(
+            inputs_embeds=embeds, position_ids=position_ids, attention_mask=mask, past_key_values=self.cache, use_cache=True, **extra
+        )
         return out.last_hidden_state
 
     def keep(self, length: int) -> None:
@@ -65,7 +68,7 @@ class StaticKV:
     def get_seq_length(self) -> int:
         return self.length
 
-    def forward(self, module, embeds: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, module, embeds: torch.Tensor, position_ids: torch.Tensor, **extra) -> torch.Tensor:
         count = embeds.shape[1]
         if self.length + count > self.size:
             self._grow(self.length + count)
@@ -81,7 +84,7 @@ class StaticKV:
                 self.keep(self.length)  # undo whatever the failed step wrote
                 hidden = _step(module, self.cache, embeds, position_ids)
         else:
-            hidden = _step(module, self.cache, embeds, position_ids)
+            hidden = _step(module, self.cache, embeds, position_ids, **extra)
         self.length += count
         return hidden
 
@@ -107,9 +110,9 @@ class StaticKV:
         self.cache, self.size = bigger, size
 
 
-def _step(module, cache: StaticCache, embeds: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+def _step(module, cache: StaticCache, embeds: torch.Tensor, position_ids: torch.Tensor, **extra) -> torch.Tensor:
     # No 2-D mask: the causal mask over the allocation comes from the cache's length alone.
-    out = module(inputs_embeds=embeds, position_ids=position_ids, past_key_values=cache, use_cache=True)
+    out = module(inputs_embeds=embeds, position_ids=position_ids, past_key_values=cache, use_cache=True, **extra)
     return out.last_hidden_state
 
 

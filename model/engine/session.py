@@ -181,14 +181,11 @@ class OmniSession:
 
     def feed_frame(self, frame: np.ndarray, seconds: float) -> None:
         """A live camera frame (RGB uint8) taken `seconds` after the turn began."""
-        self.encoder.check_vision()
         if self._open_live().timeline.add_frame(frame, seconds):
             self._prefill_settled()
 
     def feed(self, audio: np.ndarray, frames=()) -> None:
         """More of a live turn at once: 16 kHz audio and camera frames, each (frame, seconds into the turn)."""
-        if frames:
-            self.encoder.check_vision()
         timeline = self._open_live().timeline
         timeline.add_audio(audio)
         for frame, seconds in frames:

@@ -19,6 +19,13 @@ import torch
 from model import constants as C
 
 
+def _last_index(ids: list[int], token: int) -> int:
+    for index in range(len(ids) - 1, -1, -1):
+        if ids[index] == token:
+            return index
+    return -1
+
+
 class Qwen25TalkerInputs:
     def __init__(self, model, media_ids: tuple[int, ...]):
         self.thinker = model.thinker
@@ -84,6 +91,11 @@ class Qwen3TalkerInputs:
         self.media_ids = media_ids
         layer = model.config.talker_config.accept_hidden_layer  # hidden_states[k] is decoder layer k-1's output
         self.tap = LayerTap.on(self.thinker.model.language_model.layers[layer - 1])
+        # The user turn being read: (thinker index of its <|im_start|>, thinker-to-talker id shift, None for
+        # plain sequential ids).
+        self._turn: tuple[int, int | None] | None = None
+        thinker_config = model.config.thinker_config
+        self.vision_start, self.audio_start = thinker_config.vision_start_token_id, thinker_config.audio_start_token_id
 
     def embed(self, ids: list[int]) -> torch.Tensor:
         device = self.thinker.lm_head.weight.device
@@ -93,11 +105,9 @@ class Qwen3TalkerInputs:
         """Which of `ids` lie in user turns, given the ids already in the cache: a position belongs to the
         turn its last <|im_start|> opened (an <|im_start|> to the turn it opens), as transformers' generate
         assigns them."""
-        role = None
-        for back in range(len(before) - 1, -1, -1):
-            if before[back] == C.IM_START_ID:
-                role = before[back + 1] if back + 1 < len(before) else (ids[0] if ids else None)
-                break
+        role, back = None, _last_index(before, C.IM_START_ID)
+        if back >= 0:
+            role = before[back + 1] if back + 1 < len(before) else (ids[0] if ids else None)
         mask = []
         for index, token in enumerate(ids):
             if token == C.IM_START_ID and index + 1 < len(ids):
@@ -107,9 +117,17 @@ class Qwen3TalkerInputs:
 
     def prompt_states(self, segment, hidden: torch.Tensor, span: slice, before: list[int], next_position: int):
         """The talker's states for the user positions of a prefilled segment (`span` of the forward pass), at
-        the talker's own positions (following `next_position`); none for system and assistant positions."""
+        the talker's own positions; none for system and assistant positions.
+
+        transformers gives the talker the TMRoPE ids of its own sequence (the user turns, one after another),
+        made by the thinker's rule but never told that a video carries its sound (generate passes the talker
+        the grids only): a whole turn's are made that way here. A live turn's windows come without the
+        turn's media totals: its ids are the thinker's shifted (both count from the turn's <|im_start|> by the
+        same rule), or plain sequential ones for a camera turn with sound, which the rule without the flag
+        reads as one audio block (checked against transformers for whole turns of each kind)."""
         ids = segment.ids
-        keep = torch.tensor(self._user_mask(ids[0].tolist(), before), dtype=torch.bool, device=ids.device)
+        listed = ids[0].tolist()
+        keep = torch.tensor(self._user_mask(listed, before), dtype=torch.bool, device=ids.device)
         media = torch.isin(ids[0], torch.tensor(self.media_ids, device=ids.device))
         text_states = self.talker.text_projection(segment.embeds[0][keep & ~media])
         states = torch.empty((int(keep.sum()), text_states.shape[-1]), dtype=text_states.dtype, device=text_states.device)
@@ -118,8 +136,35 @@ class Qwen3TalkerInputs:
         if bool(kept_media.any()):
             layer_hidden = self.tap.last()[0, span]
             states[kept_media] = self.talker.hidden_projection(layer_hidden[keep & media])
-        positions = torch.arange(next_position, next_position + states.shape[0], device=ids.device)
-        return states.unsqueeze(0), positions.view(1, 1, -1).expand(3, 1, -1)
+        return states.unsqueeze(0), self._positions(segment, listed, keep, before, next_position)
+
+    def _positions(self, segment, listed: list[int], keep: torch.Tensor, before: list[int], next_position: int) -> torch.Tensor:
+        kept = keep.nonzero().flatten().tolist()
+        if not kept:
+            return segment.position_ids[:, :, :0]
+        if listed[kept[0]] == C.IM_START_ID:  # a user turn starts here
+            interleaved = any(a == self.vision_start and b == self.audio_start for a, b in zip(listed, listed[1:]))
+            shift = None if interleaved else int(segment.position_ids[0, 0, kept[0]]) - next_position
+            self._turn = (len(before) + kept[0], shift)
+            if segment.media is not None:
+                ids = segment.ids[:, keep]
+                rope, _ = self.thinker.model.get_rope_index(
+                    ids,
+                    segment.media["image_grid"],
+                    segment.media["video_grid"],
+                    torch.ones_like(ids),
+                    False,
+                    segment.media["audio_frames"],
+                    segment.media["seconds_per_grid"],
+                )
+                return rope.to(segment.position_ids.dtype) + next_position
+        elif not (self._turn and self._turn[0] == _last_index(before, C.IM_START_ID)):
+            raise RuntimeError("a user turn's positions continue a turn whose start is not in the cache")
+        shift = self._turn[1]
+        if shift is None:
+            sequential = torch.arange(next_position, next_position + len(kept), device=keep.device)
+            return sequential.view(1, 1, -1).expand(3, 1, -1)
+        return segment.position_ids[:, :, keep] - shift
 
     def reply(self, embeds: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         return self.talker.text_projection(embeds)

@@ -17,6 +17,7 @@ from model.engine.kv_cache import GrowingKV, StaticKV
 from model.engine.talker_inputs import Qwen3TalkerInputs, Qwen25TalkerInputs
 
 MEDIA_TOKEN_IDS = (C.AUDIO_TOKEN_ID, C.IMAGE_TOKEN_ID, C.VIDEO_TOKEN_ID)  # Qwen2.5-Omni's
+VISION_TOKEN_IDS = (C.IMAGE_TOKEN_ID, C.VIDEO_TOKEN_ID)  # both families'
 
 
 @dataclass
@@ -26,6 +27,26 @@ class Segment:
     ids: torch.Tensor  # (1, n) long
     embeds: torch.Tensor  # (1, n, hidden)
     position_ids: torch.Tensor  # (3, 1, n), absolute (already offset to follow the cache)
+    # Qwen3-Omni's vision features for its first decoder layers ("deepstack"), at the segment's image and video
+    # positions in order: one (positions, hidden) tensor per layer. None: none, or a model without them.
+    deepstack: list[torch.Tensor] | None = None
+    # A whole turn's media, as its rope ids were made from them (encode.rope_ids' arguments); None elsewhere.
+    media: dict | None = None
+
+    @property
+    def visual(self) -> torch.Tensor:
+        """Which positions the deepstack features go to, (n,) bool."""
+        return torch.isin(self.ids[0], torch.tensor(VISION_TOKEN_IDS, device=self.ids.device))
+
+
+def _deepstack(segments: tuple[Segment, ...]) -> dict:
+    """The language model's deepstack arguments for segments prefilled together (none if none has them)."""
+    stacks = [segment.deepstack for segment in segments if segment.deepstack is not None]
+    if not stacks:
+        return {}
+    mask = torch.cat([segment.visual for segment in segments])[None]
+    layers = [torch.cat(layer, dim=0) for layer in zip(*stacks)]
+    return {"visual_pos_masks": mask, "deepstack_visual_embeds": layers}
 
 
 @dataclass
@@ -54,15 +75,15 @@ class ThinkerStream:
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.thinker.get_input_embeddings()(ids)
 
-    def _forward(self, embeds: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        return self.cache.forward(self.thinker.model.language_model, embeds, position_ids)
+    def _forward(self, embeds: torch.Tensor, position_ids: torch.Tensor, **vision) -> torch.Tensor:
+        return self.cache.forward(self.thinker.model.language_model, embeds, position_ids, **vision)
 
     @torch.no_grad()
     def prefill(self, *segments: Segment) -> torch.Tensor:
         """Adds segments to the cache in one forward pass; returns the logits after the last token, (1, vocab).
         Each segment keeps its own entry of talker states, so a `mark` between two of them is one to rewind to."""
         embeds = torch.cat([segment.embeds for segment in segments], dim=1)
-        hidden = self._forward(embeds, torch.cat([segment.position_ids for segment in segments], dim=-1))
+        hidden = self._forward(embeds, torch.cat([segment.position_ids for segment in segments], dim=-1), **_deepstack(segments))
         start = 0
         for segment in segments:
             count = segment.ids.shape[1]
