@@ -1,4 +1,5 @@
-"""Qwen2.5-Omni demo: `python app.py [--model auto|tiny|HUB_ID|DIR] [--device cuda|cpu] [--host H] [--port P]`.
+"""Qwen2.5-Omni / Qwen3-Omni demo: `python app.py [--model auto|tiny|tiny-qwen3-omni|HUB_ID|DIR] [--device cuda|cpu]
+[--host H] [--port P]`.
 
 The same file runs on a local machine and on Hugging Face Spaces (ZeroGPU included).
 """
@@ -15,12 +16,13 @@ if os.environ.get("SPACE_ID"):  # on Hugging Face Spaces
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Live voice and video chat with Qwen2.5-Omni.")
+    parser = argparse.ArgumentParser(description="Live voice and video chat with Qwen2.5-Omni or Qwen3-Omni.")
     parser.add_argument(
         "--model",
         default=os.environ.get("OMNI_DEMO_MODEL", "auto"),
-        help="auto (7B or 3B by free GPU memory; the tiny random checkpoint without a GPU), tiny, "
-        "a Hugging Face id such as Qwen/Qwen2.5-Omni-7B, or a checkpoint directory",
+        help="auto (Qwen3-Omni-30B-A3B, else Qwen2.5-Omni 7B, else 3B, by free GPU memory; the tiny random "
+        "checkpoint without a GPU), tiny, tiny-qwen3-omni, a Hugging Face id such as Qwen/Qwen3-Omni-30B-A3B-Instruct "
+        "or Qwen/Qwen2.5-Omni-7B, or a checkpoint directory",
     )
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     on_spaces = bool(os.environ.get("SPACE_ID"))

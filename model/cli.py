@@ -2,6 +2,7 @@
 
     python -m model.cli --model tiny --input assets/question.wav --out answer.wav
     python -m model.cli --model Qwen/Qwen2.5-Omni-7B --text "Hello" --greedy --seed 0 --json
+    python -m model.cli --model tiny-qwen3-omni --input assets/question.wav --out answer.wav
 
 The text is printed as it streams, and a line on stderr for each piece of speech as it is made (with
 --json, the text streams to stderr too, and stdout gets one JSON object at the end with the text, the
@@ -29,13 +30,14 @@ class CliError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m model.cli",
-        description="One turn of Qwen2.5-Omni through the streaming engine: text to stdout, speech to --out.",
+        description="One turn of Qwen2.5-Omni or Qwen3-Omni through the streaming engine: text to stdout, speech to --out.",
     )
-    parser.add_argument("--model", default="auto", help="checkpoint directory, hub id, 'tiny' or 'auto' (default)")
+    parser.add_argument("--model", default="auto",
+                        help="checkpoint directory, hub id, 'tiny', 'tiny-qwen3-omni' or 'auto' (default)")
     parser.add_argument("--text", help="the user's text; it follows the input files in the turn")
     parser.add_argument("--input", nargs="+", action="extend", default=[], metavar="FILE",
                         help="audio, image or video files, in the order given")
-    parser.add_argument("--voice", default="Chelsie", help="speaker (default Chelsie)")
+    parser.add_argument("--voice", help="speaker (default: the model's, Chelsie for Qwen2.5-Omni, Ethan for Qwen3-Omni)")
     parser.add_argument("--text-only", action="store_true", help="answer in text, no speech")
     parser.add_argument("--greedy", action="store_true",
                         help="greedy talker too (it keeps its repetition penalty); the thinker is greedy anyway")
@@ -45,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--live", action="store_true", help="feed the files as a live stream, in real time order")
     parser.add_argument("--out", metavar="WAV", help="write the speech here as it is made (24 kHz float WAV)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the streamed text")
-    parser.add_argument("--system", metavar="PROMPT", help="system prompt (speech needs the default one)")
+    parser.add_argument("--system", metavar="PROMPT", help="system prompt (Qwen2.5-Omni speaks only with the default one)")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if there is one")
     return parser
 
@@ -79,13 +81,14 @@ def feed_live(session, parts: list) -> None:
         raise CliError(str(error)) from error
 
 
-def answer_settings(args):
-    from model.engine.sampling import TALKER_DEFAULT, Sampling
+def answer_settings(args, family):
+    from model.engine.sampling import Sampling
     from model.session import AnswerSettings
 
-    talker = Sampling(greedy=True, repetition_penalty=C.TALKER_REPETITION_PENALTY) if args.greedy else TALKER_DEFAULT
+    # Greedy keeps the talker's repetition penalty, as transformers' generate does.
+    talker = Sampling(greedy=True, repetition_penalty=family.talker.repetition_penalty) if args.greedy else family.talker
     return AnswerSettings(
-        voice=args.voice,
+        voice=args.voice or family.default_voice,
         text_only=args.text_only,
         max_new_tokens=args.max_new_tokens,
         talker=talker,  # the thinker stays greedy, the checkpoint's default
@@ -120,12 +123,13 @@ def run(args) -> int:
         loaded = load_omni(args.model, args.device)
     except LoadError as error:
         raise CliError(str(error)) from error
-    if args.voice not in loaded.voices:
+    family = loaded.family
+    if args.voice is not None and args.voice not in loaded.voices:
         raise CliError(f"Unknown voice {args.voice!r}; this checkpoint has {', '.join(loaded.voice_names)}.")
     for note in loaded.notes:
         print(f"note: {note}", file=sys.stderr)
-    system = C.AUDIO_SYSTEM_PROMPT if args.system is None else args.system
-    if system != C.AUDIO_SYSTEM_PROMPT and not args.text_only:
+    system = family.system_prompt if args.system is None else args.system
+    if family.prompt_is_fixed and system != family.system_prompt and not args.text_only:
         print("warning: speech may not work with a system prompt other than the default one.", file=sys.stderr)
     if args.out and args.text_only:
         print(f"note: --text-only makes no speech; {args.out} is not written.", file=sys.stderr)
@@ -144,7 +148,7 @@ def run(args) -> int:
     text_out = sys.stderr if args.json else sys.stdout  # stdout holds only the JSON object then
     done, speech_seconds, chunks = None, 0.0, 0
     try:
-        for event in session.respond(answer_settings(args)):
+        for event in session.respond(answer_settings(args, family)):
             if isinstance(event, TextDelta):
                 print(event.text, end="", file=text_out, flush=True)
             elif isinstance(event, AudioChunk):

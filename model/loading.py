@@ -18,16 +18,17 @@ import torch
 
 from model import constants as C
 from model import loading_qwen3 as Q3
+from model.engine.sampling import TALKER_DEFAULT, Sampling
 from model.engine.token2wav_stream import VoiceCache
 
 GIB = 1024**3
 # Free GPU memory that `--model auto` asks for before choosing a size: the official minimum for a 15 s
 # video (bf16, flash-attention 2: 7B 31 GB, 3B 18 GB) with the float32 vocoder and some headroom.
-AUTO_MIN_FREE_GIB = {C.HUB_7B: 34.0, C.HUB_3B: 20.0}
+AUTO_MIN_FREE_GIB = {Q3.HUB_ID: Q3.MIN_FREE_GIB, C.HUB_7B: 34.0, C.HUB_3B: 20.0}
 TINY = "tiny"
 TINY_QWEN3 = "tiny-qwen3-omni"
 TINY_VERSION = "v2"  # bump when model/tiny.py changes what it writes, so cached copies are rebuilt
-TINY_QWEN3_VERSION = "v1"  # likewise for model/tiny_qwen3_omni.py
+TINY_QWEN3_VERSION = "v2"  # likewise for model/tiny_qwen3_omni.py
 QWEN25 = "qwen2_5_omni"
 
 
@@ -38,12 +39,14 @@ class Family:
     model_type: str
     name: str
     default_voice: str
-    system_prompt: str  # Qwen2.5-Omni speaks only under its fixed one
+    system_prompt: str
+    prompt_is_fixed: bool  # speech only under `system_prompt` (Qwen2.5-Omni)
+    talker: Sampling  # the talker's sampling in transformers' generate
 
 
 FAMILIES = {
-    QWEN25: Family(QWEN25, "Qwen2.5-Omni", "Chelsie", C.AUDIO_SYSTEM_PROMPT),
-    Q3.MODEL_TYPE: Family(Q3.MODEL_TYPE, "Qwen3-Omni", Q3.DEFAULT_VOICE, Q3.SYSTEM_PROMPT),
+    QWEN25: Family(QWEN25, "Qwen2.5-Omni", "Chelsie", C.AUDIO_SYSTEM_PROMPT, True, TALKER_DEFAULT),
+    Q3.MODEL_TYPE: Family(Q3.MODEL_TYPE, "Qwen3-Omni", Q3.DEFAULT_VOICE, Q3.SYSTEM_PROMPT, False, Q3.TALKER_SAMPLING),
 }
 
 
@@ -111,7 +114,8 @@ def ensure_tiny_checkpoint(directory: Path | None = None, spec: str = TINY) -> P
 
 
 def choose_model(spec: str, device: torch.device) -> str:
-    """Resolve `--model auto`: with CUDA the largest size the free GPU memory allows, else the tiny one."""
+    """Resolve `--model auto`: with CUDA the largest model the free GPU memory allows (Qwen3-Omni, then
+    Qwen2.5-Omni 7B, then 3B), else the tiny one."""
     if spec != "auto":
         return spec
     if device.type != "cuda":
@@ -119,11 +123,11 @@ def choose_model(spec: str, device: torch.device) -> str:
     if os.environ.get("SPACES_ZERO_GPU"):  # a ZeroGPU slice (H200) is attached per call: no memory to query
         return C.HUB_7B
     free_bytes, _ = torch.cuda.mem_get_info(device)
-    for hub_id in (C.HUB_7B, C.HUB_3B):
+    for hub_id in AUTO_MIN_FREE_GIB:
         if free_bytes >= AUTO_MIN_FREE_GIB[hub_id] * GIB:
             return hub_id
     raise LoadError(
-        f"Not enough free GPU memory for Qwen2.5-Omni: {free_bytes / GIB:.1f} GiB free, the 3B model needs about "
+        f"Not enough free GPU memory for an omni model: {free_bytes / GIB:.1f} GiB free, Qwen2.5-Omni-3B needs about "
         f"{AUTO_MIN_FREE_GIB[C.HUB_3B]:.0f} GiB. Free the GPU, or run on the CPU with --device cpu."
     )
 

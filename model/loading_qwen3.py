@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from model.engine.sampling import Sampling
+
 HUB_ID = "Qwen/Qwen3-Omni-30B-A3B-Instruct"
 MODEL_TYPE = "qwen3_omni_moe"
 # Answers in speech ask for a voice; this family's default (transformers' generate picks "Ethan").
@@ -17,6 +19,11 @@ DEFAULT_VOICE = "Ethan"
 # The Qwen3-Omni cookbooks' voice-chat system prompt is their own choice; any prompt works with speech (no
 # fixed prompt is required, unlike Qwen2.5-Omni), so the app keeps a short one.
 SYSTEM_PROMPT = "You are Qwen-Omni, a smart voice assistant created by Alibaba Qwen."
+# transformers' generate defaults for the talker (its code predictor then samples top-k 50, top-p 0.8).
+TALKER_SAMPLING = Sampling(greedy=False, temperature=0.9, top_k=50, top_p=1.0, repetition_penalty=1.05)
+# Free GPU memory `--model auto` asks for: 35.3 billion parameters in bfloat16 are 65.7 GiB (70.5 GB), plus
+# the KV caches of a few conversations and the activations.
+MIN_FREE_GIB = 76.0
 
 
 def voices(config: dict) -> dict[str, dict]:

@@ -211,6 +211,48 @@ def tokenizer_config() -> dict:
     }
 
 
+# The talker's "text is over" direction (see shape_talker): a thinker embedding column, a text-projection unit,
+# a talker hidden dimension.
+_PAD_EMBED_DIM, _PAD_UNIT, _PAD_DIM = 63, 127, 63
+
+
+def shape_talker(tensors: dict[str, torch.Tensor], config: dict) -> None:
+    """Make the random talker end its speech when its text does, as the real one does (else it speaks to its
+    4096-frame cap: minutes of noise in the app).
+
+    One thinker embedding column is 1 for `<tts_pad>` alone, the token the talker reads once the text is over;
+    one text-projection unit reads only it and writes only one talker dimension. Nothing else writes that
+    dimension (the codec embeddings, the layers' outputs) and no layer reads it (their norms' weight is 0
+    there), so it reaches the final norm untouched, where the codec head gives it a large weight for EOS."""
+    talker = config["talker_config"]
+    embed = tensors["thinker.model.embed_tokens.weight"]
+    embed[:, _PAD_EMBED_DIM] = 0.0
+    embed[config["tts_pad_token_id"], _PAD_EMBED_DIM] = 1.0
+    fc1, fc2 = "talker.text_projection.linear_fc1", "talker.text_projection.linear_fc2"
+    tensors[f"{fc1}.weight"][_PAD_UNIT] = 0.0
+    tensors[f"{fc1}.weight"][_PAD_UNIT, _PAD_EMBED_DIM] = 4.0
+    tensors[f"{fc1}.bias"][_PAD_UNIT] = 0.0
+    tensors[f"{fc2}.weight"][:, _PAD_UNIT] = 0.0
+    tensors[f"{fc2}.weight"][_PAD_DIM] = 0.0
+    tensors[f"{fc2}.weight"][_PAD_DIM, _PAD_UNIT] = 10.0
+    tensors[f"{fc2}.bias"][_PAD_DIM] = 0.0
+    for name, tensor in tensors.items():
+        if not name.startswith("talker."):
+            continue
+        if re.search(r"(hidden_projection\.linear_fc2|self_attn\.o_proj|down_proj)\.weight$", name) and "code_predictor" not in name:
+            tensor[_PAD_DIM] = 0.0  # no writer
+        elif name.endswith("hidden_projection.linear_fc2.bias"):
+            tensor[_PAD_DIM] = 0.0
+        elif re.search(r"codec_embedding(\.\d+)?\.weight$", name):
+            tensor[:, _PAD_DIM] = 0.0  # the code embeddings summed into the talker's input
+        elif re.search(r"^talker\.model\.layers\.\d+\.(input|post_attention)_layernorm\.weight$", name):
+            tensor[_PAD_DIM] = 0.0  # no reader
+    tensors["talker.model.norm.weight"][_PAD_DIM] = 1.0
+    head = tensors["talker.codec_head.weight"]
+    head[:, _PAD_DIM] = 0.0
+    head[talker["codec_eos_token_id"], _PAD_DIM] = 20.0
+
+
 def build(out_dir: str | Path) -> Path:
     from safetensors.torch import save_file
 
@@ -218,7 +260,9 @@ def build(out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     config = tiny_config()
     shapes = released_shapes(meta_model(config))
-    tensors = {name: init_tensor(name, shape, SEED).to(torch.bfloat16) for name, shape in sorted(shapes.items())}
+    tensors = {name: init_tensor(name, shape, SEED) for name, shape in sorted(shapes.items())}
+    shape_talker(tensors, config)
+    tensors = {name: tensor.to(torch.bfloat16) for name, tensor in tensors.items()}
     save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     bpe = qwen2_bpe_dir()  # Qwen3 keeps Qwen2's byte-level BPE

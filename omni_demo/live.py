@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ from PIL import Image as PILImage
 from model import constants as C
 from model.conversation import Part, Text
 from model.engine.events import AnswerSettings
-from model.engine.sampling import Sampling
+from model.engine.sampling import TALKER_DEFAULT, Sampling
 from model.limits import UserInputError
 from model.message import parts_from_message
 from omni_demo.gpu import ZeroGpuModel
@@ -70,6 +70,13 @@ class ChatSettings:
     # turn: a pause inside a question does not split it.
     continue_seconds: float = 1.5
     seed: int | None = None  # fixes the sampling and the vocoder's noise: the same question, the same speech
+    talker: Sampling = field(default_factory=lambda: TALKER_DEFAULT)  # the family's (model.loading.Family.talker)
+
+    @classmethod
+    def for_model(cls, loaded) -> ChatSettings:
+        """The defaults of the loaded model's family: its voice, system prompt and talker sampling."""
+        family = loaded.family
+        return cls(voice=family.default_voice, system_prompt=family.system_prompt, talker=family.talker)
 
     def answer_settings(self) -> AnswerSettings:
         thinker = Sampling() if self.temperature <= 0 else Sampling(greedy=False, temperature=self.temperature)
@@ -78,6 +85,7 @@ class ChatSettings:
             text_only=self.text_only,
             max_new_tokens=self.max_new_tokens,
             thinker=thinker,
+            talker=self.talker,
             seed=self.seed,
             noise_seed=self.seed,
         )
@@ -92,7 +100,7 @@ class LiveSession:
         self.loaded = loaded
         self.worker = worker
         self.zero_gpu = zero_gpu
-        self.settings = settings or ChatSettings()
+        self.settings = settings or ChatSettings.for_model(loaded)
         if self.settings.voice not in loaded.voices:  # a checkpoint with other voices
             self.settings = replace(self.settings, voice=loaded.voice_names[0])
         self.directory = Path(tempfile.mkdtemp(prefix="omni-demo-session-"))

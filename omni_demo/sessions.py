@@ -26,7 +26,7 @@ class Sessions:
         self.loaded = loaded
         self.worker = worker
         self.zero_gpu = zero_gpu
-        self.defaults = defaults or ChatSettings()
+        self.defaults = defaults or ChatSettings.for_model(loaded)
         self.pace = SpeechPace()  # how fast this server makes speech: every tab's player plans with it
         self._sessions: dict[str, LiveSession] = {}
         self._closed: OrderedDict[str, None] = OrderedDict()

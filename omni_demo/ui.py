@@ -83,7 +83,8 @@ def build_app(loaded, max_active: int = 2, zero_gpu: bool | None = None, default
     zero_gpu = gpu.on_zero_gpu() if zero_gpu is None else zero_gpu
     gpu.serve(loaded)
     worker = ModelWorker(max_active=max_active)
-    defaults = defaults or ChatSettings()
+    defaults = defaults or ChatSettings.for_model(loaded)
+    family = loaded.family
 
     def pace_queue(open_tabs: int) -> None:
         demo._queue.sleep_when_free = QUEUE_POLL_SECONDS["tabs open" if open_tabs else "no tab open"]
@@ -143,16 +144,16 @@ def build_app(loaded, max_active: int = 2, zero_gpu: bool | None = None, default
         return update
 
     def on_system_prompt(prompt, request: gr.Request):
-        prompt = (prompt or "").strip() or C.AUDIO_SYSTEM_PROMPT
+        prompt = (prompt or "").strip() or family.system_prompt
         session(request).update(system_prompt=prompt)
-        return gr.Markdown(visible=prompt != C.AUDIO_SYSTEM_PROMPT)
+        return gr.Markdown(visible=family.prompt_is_fixed and prompt != family.system_prompt)
 
     def on_unload(request: gr.Request):
         sessions.close(request.session_hash)
 
-    with gr.Blocks(title="Qwen2.5-Omni live", delete_cache=(600, 3600)) as demo:
+    with gr.Blocks(title=f"{family.name} live", delete_cache=(600, 3600)) as demo:
         gr.Markdown(
-            "# Qwen2.5-Omni, live\nPress **Record** and talk (turn the camera on if you like): the answer starts "
+            f"# {family.name}, live\nPress **Record** and talk (turn the camera on if you like): the answer starts "
             "as soon as you pause, in text and speech; speak on before it plays and your turn simply goes on. "
             "Talk over it to cut in. You can also type or upload.\n\n"
             "Browsers allow the microphone and the camera only on `localhost` or over https."

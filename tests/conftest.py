@@ -129,3 +129,18 @@ def live_app(loaded):
 @pytest.fixture(scope="session")
 def server(live_app) -> str:
     return live_app[1]
+
+
+@pytest.fixture(scope="module")
+def qwen3_app(qwen3_loaded):
+    """The app with the tiny Qwen3-Omni, on its own server: (App, URL)."""
+    from omni_demo.ui import build_app
+
+    app = build_app(qwen3_loaded)
+    _, url, _ = app.demo.launch(
+        server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True, max_threads=80
+    )
+    yield app, url
+    app.demo.close()
+    app.sessions.close_all()
+    app.worker.stop()

@@ -234,3 +234,25 @@ def test_json_streams_its_progress_to_stderr(checkpoint, loaded_once, capsys):
     assert len(speech) >= 2 and [int(n) for n, _ in speech] == list(range(1, len(speech) + 1))
     assert float(speech[-1][1]) == pytest.approx(result["audio_seconds"], abs=0.01)
 
+
+
+def test_qwen3_omni_answers_as_transformers(qwen3_dir, qwen3_loaded, capsys, tmp_path, monkeypatch):
+    """The same command line serves Qwen3-Omni: its default voice (Ethan) and prompt, no prompt warning, and
+    the answer transformers gives, frames of 16 codes and their speech."""
+    from model import loading_qwen3 as Q3
+    from model.conversation import Audio, Conversation
+    from model.media import load_audio
+    from model.reference_qwen3 import reference_generate_qwen3
+
+    monkeypatch.setattr(loading, "load_omni", lambda spec, device=None: qwen3_loaded)
+    out = tmp_path / "answer.wav"
+    result = run_json(capsys, str(qwen3_dir), *greedy("--input", str(cases.SPOKEN_QUESTION)), "--system", Q3.SYSTEM_PROMPT,
+                      "--out", str(out))
+    conversation = Conversation(Q3.SYSTEM_PROMPT)
+    conversation.add_user(Audio(load_audio(cases.SPOKEN_QUESTION)))
+    reference = reference_generate_qwen3(qwen3_loaded, conversation, voice="Ethan", max_new_tokens=MAX_NEW_TOKENS)
+    assert (result["tokens"], result["codes"]) == (reference.thinker_tokens, reference.talker_codes)
+    samples, rate = soundfile.read(out, dtype="float32")
+    assert rate == C.OUTPUT_SAMPLE_RATE and len(samples) == len(reference.waveform) == 1920 * len(result["codes"]) - 555
+    assert main(cli(str(qwen3_dir), "--text", "Hi", "--system", "Be brief.", "--max-new-tokens", "2")) == 0
+    assert "speech may not work" not in capsys.readouterr().err  # any prompt speaks

@@ -12,6 +12,7 @@ import torch
 
 from model import constants as C
 from model.loading import GIB, LoadError, choose_model, load_omni, resolve_checkpoint_dir
+from model.loading_qwen3 import HUB_ID as Q3_HUB
 
 
 def test_loaded_tiny_model_dtypes_and_attention(loaded):
@@ -29,7 +30,8 @@ def test_auto_without_cuda_is_tiny():
 
 
 @pytest.mark.parametrize(
-    "free_gib, expected", [(80, C.HUB_7B), (34, C.HUB_7B), (33.9, C.HUB_3B), (20, C.HUB_3B), (12, None)]
+    "free_gib, expected",
+    [(139, Q3_HUB), (76, Q3_HUB), (75.9, C.HUB_7B), (34, C.HUB_7B), (33.9, C.HUB_3B), (20, C.HUB_3B), (12, None)],
 )
 def test_auto_with_cuda_follows_free_memory(monkeypatch, free_gib, expected):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(free_gib * GIB), 80 * GIB))

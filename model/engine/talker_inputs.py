@@ -12,6 +12,7 @@ the talker can run one token behind the thinker.
 from __future__ import annotations
 
 import threading
+from itertools import pairwise
 from typing import ClassVar
 
 import torch
@@ -143,7 +144,7 @@ class Qwen3TalkerInputs:
         if not kept:
             return segment.position_ids[:, :, :0]
         if listed[kept[0]] == C.IM_START_ID:  # a user turn starts here
-            interleaved = any(a == self.vision_start and b == self.audio_start for a, b in zip(listed, listed[1:]))
+            interleaved = any(a == self.vision_start and b == self.audio_start for a, b in pairwise(listed))
             shift = None if interleaved else int(segment.position_ids[0, 0, kept[0]]) - next_position
             self._turn = (len(before) + kept[0], shift)
             if segment.media is not None:

@@ -1,0 +1,47 @@
+"""The app serving the tiny Qwen3-Omni: the same page names the model and offers its voices and defaults,
+and a spoken question with the camera on, in a real browser, is answered in text and speech."""
+
+from __future__ import annotations
+
+from speech import silence, speech_48k
+from test_app import component, config
+from test_browser import answers_ended, camera_video, microphone_file, open_page, start_talking, wait_for  # noqa: F401
+
+from model import loading_qwen3 as Q3
+from model.processing_qwen3 import qwen3_audio_token_count
+
+
+def test_the_page_names_qwen3_omni_and_offers_its_voices_and_defaults(qwen3_app):
+    page = config(qwen3_app[1])
+    assert "tiny random-weight Qwen3-Omni checkpoint on cpu" in component(page, "model-status")["props"]["value"]
+    assert page["title"] == "Qwen3-Omni live"
+    voices = next(c for c in page["components"] if c.get("props", {}).get("label") == "Voice")["props"]
+    assert [choice[0] for choice in voices["choices"]] == ["Aiden", "Chelsie", "Ethan"] and voices["value"] == "Ethan"
+    prompt = next(c for c in page["components"] if c.get("props", {}).get("label") == "System prompt")["props"]
+    assert prompt["value"] == Q3.SYSTEM_PROMPT
+
+
+def test_a_spoken_question_with_the_camera_is_answered_in_text_and_speech(playwright, qwen3_app, camera_video, tmp_path):
+    app, server = qwen3_app
+    microphone = microphone_file(tmp_path, silence(1.0), speech_48k(), silence(8.0))
+    browser, page = open_page(playwright, server, microphone, camera_video, max_tokens=24)
+    try:
+        start_talking(page, camera=True)
+        state = wait_for(page, answers_ended(1), "the spoken question's answer")
+        answer = state["answers"][0]
+        assert answer["chunks"] >= 2 and answer["samples"] > 0 and answer["stoppedAt"] is None
+        assert answer["firstStart"] >= answer["firstArrival"]
+        assert page.locator("#chat").locator("audio").count() >= 2  # the user's clip and the answer's
+        # On the server: the turn's frames, and every audio token of what the microphone heard, reached the
+        # model.
+        assert app.worker.idle(60)
+        (live,) = [s for s in app.sessions.open() if s.answer and s.answer.turn and s.answer.turn.frames]
+        session = live.model._engine
+        record = session.history[0]
+        assert record.frames and len(record.audio)
+        heard = live.answer.turn.whole_audio()
+        windows = [heard[i : i + 32000] for i in range(0, len(heard), 32000)]
+        expected = sum(qwen3_audio_token_count(-(-len(w) // 160)) for w in windows if len(w) >= 321)
+        assert session.thinker.ids.count(live.loaded.processor.audio_token_id) == expected
+    finally:
+        browser.close()
