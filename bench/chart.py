@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from bench.stages import STAGES
+from bench.stages import QWEN3_STAGES, STAGES
 from bench.systems import TurnRecord
 
 WIDTH = 1400
@@ -26,6 +26,8 @@ COLOURS = {
     "talker": (255, 127, 14),
     "DiT": (44, 160, 44),
     "BigVGAN": (148, 103, 189),
+    "code predictor": (188, 189, 34),
+    "code2wav": (44, 160, 44),
 }
 MARKERS = {"end of input": (0, 0, 0), "first text": (31, 119, 180), "first audio": (214, 39, 40), "done": (110, 110, 110)}
 
@@ -42,7 +44,8 @@ def _ticks(low: float, high: float, count: int = 10) -> list[float]:
 
 
 def draw_timeline(records: list[TurnRecord], path: str | Path, title: str) -> Path:
-    lanes = ["input"] + [s for s in STAGES if any(span.stage == s for r in records for span in r.spans)]
+    stages = list(STAGES) + [s for s in QWEN3_STAGES if s not in STAGES]
+    lanes = ["input"] + [s for s in stages if any(span.stage == s for r in records for span in r.spans)]
     start = min([0.0] + [r.input_start for r in records if r.input_start is not None] + [s.start for r in records for s in r.spans])
     end = max(r.total for r in records) or 1.0
     panel = HEADER + LANE * len(lanes)

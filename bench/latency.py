@@ -39,11 +39,11 @@ LABELS = {"reference": "transformers", "engine_whole": "engine, whole input", "e
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="tiny", help="tiny (default), tiny-random, 3b, 7b (random weights) or a checkpoint directory")
+    parser.add_argument("--model", default="tiny", help="tiny (default), tiny-qwen3-omni, tiny-random, 3b, 7b (random weights) or a checkpoint directory")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if there is one")
     parser.add_argument("--runs", type=int, default=1, help="rounds of the three systems (medians are reported)")
     parser.add_argument("--tokens", type=int, default=120, help="thinker tokens of the answer (forced)")
-    parser.add_argument("--codes", type=int, default=600, help="talker codes of the answer (forced; 50 per second of speech)")
+    parser.add_argument("--codes", type=int, default=600, help="talker codes of the answer (forced; 50 per second of speech; Qwen3-Omni: frames, 12.5 per second)")
     parser.add_argument("--video", action="store_true", help=f"ask with {cases.VIDEO_WITH_SOUND.name} (2 fps frames and its sound)")
     parser.add_argument("--solver", choices=SOLVERS, default="rk4", help="the engine's token2wav ODE solver")
     parser.add_argument("--ode-steps", type=int, default=ODE_TIME_POINTS, help="the engine's ODE time points")
@@ -130,6 +130,8 @@ def run(args) -> dict:
 
     loaded, label = load_for_bench(args.model, args.device)
     scenario = make_scenario(args)
+    if hasattr(loaded.model, "code2wav"):  # Qwen3-Omni: --codes counts 80 ms frames of 16 codes
+        scenario = dataclasses.replace(scenario, codes_per_second=C.OUTPUT_SAMPLE_RATE / loaded.model.code2wav.total_upsample)
     systems = ["reference"] + [s for s in SYSTEMS if s != "reference" and s in args.systems]
     if not args.no_warmup:  # first calls pay one-off costs (allocations, lazy initialisation)
         warm = dataclasses.replace(scenario, tokens=min(scenario.tokens, WARMUP_TOKENS), codes=min(scenario.codes, WARMUP_CODES))

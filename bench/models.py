@@ -91,9 +91,10 @@ def load_for_bench(spec: str, device: str | None = None, dtype: torch.dtype | No
         label = f"{name}, random weights"
     else:
         loaded = load_omni(spec, device, dtype)
-        label = "tiny random-weight checkpoint" if loaded.is_tiny else loaded.source
+        label = f"tiny random-weight {loaded.family.name} checkpoint" if loaded.is_tiny else loaded.source
     dtype = str(loaded.dtype).removeprefix("torch.")
-    return loaded, f"{label} on {loaded.device.type} ({dtype} thinker/talker, float32 token2wav, {loaded.attn_implementation})"
+    vocoder = f"{dtype} code2wav" if hasattr(loaded.model, "code2wav") else "float32 token2wav"
+    return loaded, f"{label} on {loaded.device.type} ({dtype} thinker/talker, {vocoder}, {loaded.attn_implementation})"
 
 
 @contextmanager

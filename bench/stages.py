@@ -14,7 +14,7 @@ import torch
 
 # Stage name -> module path in Qwen2_5OmniForConditionalGeneration, in pipeline order; or the paths of the
 # first and last module a call runs, where the engine runs the stage's parts rather than its forward (a DiT
-# pass: model/engine/dit_window.py).
+# pass: model/engine/dit_window.py; a code2wav chunk: model/engine/code2wav_stream.py).
 DIT = "token2wav.code2wav_dit_model"
 STAGES = {
     "audio encoder": "thinker.model.audio_tower",
@@ -24,6 +24,22 @@ STAGES = {
     "DiT": (f"{DIT}.input_embed.proj", f"{DIT}.proj_out"),
     "BigVGAN": "token2wav.code2wav_bigvgan_model",
 }
+# The same for Qwen3OmniMoeForConditionalGeneration: its talker's code predictor, and code2wav.
+QWEN3_STAGES = {
+    "audio encoder": "thinker.model.audio_tower",
+    "vision encoder": "thinker.model.visual",
+    "thinker": "thinker.model.language_model",
+    "talker": "talker.model",
+    "code predictor": "talker.code_predictor.model",
+    "code2wav": ("code2wav.code_embedding", "code2wav.decoder.{last}"),
+}
+
+
+def stages_of(model: torch.nn.Module) -> dict[str, str | tuple[str, str]]:
+    if not hasattr(model, "code2wav"):
+        return STAGES
+    last = len(model.code2wav.decoder) - 1
+    return {name: tuple(p.format(last=last) for p in path) if isinstance(path, tuple) else path for name, path in QWEN3_STAGES.items()}
 DECODERS = ("thinker", "talker")
 
 
@@ -62,7 +78,7 @@ class StageRecorder:
         return time.perf_counter()
 
     def __enter__(self) -> StageRecorder:
-        for stage, path in STAGES.items():
+        for stage, path in stages_of(self.model).items():
             first, last = (path, path) if isinstance(path, str) else path
 
             def before(module, args, kwargs, stage=stage):

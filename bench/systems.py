@@ -24,6 +24,7 @@ from bench.stages import Span, StageRecorder
 from model import constants as C
 from model.conversation import Audio, Conversation, Part, Video
 from model.reference import TalkerSampling, reference_generate
+from model.reference_qwen3 import reference_generate_qwen3
 from model.engine.sampling import Sampling
 from model.session import AnswerDone, AnswerSettings, AudioChunk, OmniSession
 from model.engine.token2wav_stream import ODE_TIME_POINTS
@@ -37,7 +38,7 @@ class Scenario:
     parts: list[Part]  # the user's turn: a spoken question (Audio) or a video with its sound (Video)
     input_seconds: float
     tokens: int = 120  # thinker tokens, forced: EOS suppressed until then, and no more
-    codes: int = 600  # talker codes (12 s of speech at 50 codes/s), forced the same way
+    codes: int = 600  # talker codes (12 s of speech at 50 codes/s; Qwen3-Omni: frames, 12.5/s), forced the same way
     voice: str = "Chelsie"
     solver: str = "rk4"
     num_steps: int = ODE_TIME_POINTS
@@ -48,6 +49,7 @@ class Scenario:
     decode: str = "auto"  # the engine's KV caches and decode steps (OmniSession's `decode`)
     stage_sync: bool | None = None  # stage hooks synchronise the GPU (None: on CUDA); off keeps every overlap
     seed: int = 0  # fixes token2wav's noise; decoding is greedy, so the runs repeat exactly
+    codes_per_second: float = C.CODES_PER_SECOND  # Qwen3-Omni's talker: 12.5 frames a second
 
     def describe(self) -> dict:
         kinds = [type(p).__name__.lower() for p in self.parts]
@@ -56,7 +58,7 @@ class Scenario:
             "input_seconds": round(self.input_seconds, 3),
             "tokens": self.tokens,
             "codes": self.codes,
-            "speech_seconds": self.codes / C.CODES_PER_SECOND,
+            "speech_seconds": self.codes / self.codes_per_second,
             "voice": self.voice,
             "engine_solver": self.solver,
             "engine_ode_time_points": self.num_steps,
@@ -108,7 +110,7 @@ class TurnRecord:
 
 
 def run_reference(loaded, scenario: Scenario, recorder: StageRecorder) -> TurnRecord:
-    conversation = Conversation()
+    conversation = Conversation(loaded.family.system_prompt)  # the engine's default prompt
     conversation.add_user(*scenario.parts)
     # The first token exists once the thinker's prefill has its logits: the first call of the LM head (what a
     # streamer on the thinker would show at the earliest; generate itself hands text and audio over only when
@@ -117,18 +119,30 @@ def run_reference(loaded, scenario: Scenario, recorder: StageRecorder) -> TurnRe
     hook = loaded.model.thinker.lm_head.register_forward_hook(lambda *_: heads.append(recorder.now()))
     zero = time.perf_counter()
     try:
-        result = reference_generate(
-            loaded,
-            conversation,
-            voice=scenario.voice,
-            max_new_tokens=scenario.tokens,
-            thinker_min_new_tokens=scenario.tokens,
-            talker_max_new_tokens=scenario.codes,
-            talker_min_new_tokens=scenario.codes,
-            talker=TalkerSampling(greedy=True),
-            seed=scenario.seed,
-            noise_seed=scenario.seed,
-        )
+        if hasattr(loaded.model, "code2wav"):  # Qwen3-Omni (greedy; no vocoder noise to fix)
+            result = reference_generate_qwen3(
+                loaded,
+                conversation,
+                voice=scenario.voice,
+                max_new_tokens=scenario.tokens,
+                thinker_min_new_tokens=scenario.tokens,
+                talker_max_new_tokens=scenario.codes + 1,  # transformers keeps one frame fewer than its cap
+                talker_min_new_tokens=scenario.codes,
+                seed=scenario.seed,
+            )
+        else:
+            result = reference_generate(
+                loaded,
+                conversation,
+                voice=scenario.voice,
+                max_new_tokens=scenario.tokens,
+                thinker_min_new_tokens=scenario.tokens,
+                talker_max_new_tokens=scenario.codes,
+                talker_min_new_tokens=scenario.codes,
+                talker=TalkerSampling(greedy=True),
+                seed=scenario.seed,
+                noise_seed=scenario.seed,
+            )
     finally:
         hook.remove()
     end = time.perf_counter()

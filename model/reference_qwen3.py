@@ -26,11 +26,14 @@ def reference_generate_qwen3(
     talker_max_new_tokens: int = 32,
     seed: int | None = 0,
     audio_features: torch.Tensor | None = None,
+    thinker_min_new_tokens: int = 0,
+    talker_min_new_tokens: int = 0,
 ) -> ReferenceResult:
     """One greedy answer (thinker, talker and code predictor). Random weights never choose EOS, so both
     token counts are caps; transformers keeps one frame fewer than the talker's cap (the last code 0 never
     gets its residual codes). `talker_codes` holds the frames, each [code 0, 15 residual codes].
-    `audio_features` (128, frames) replace the one audio's (e.g. the live path's per-window log-mel)."""
+    `audio_features` (128, frames) replace the one audio's (e.g. the live path's per-window log-mel). The
+    min_new_tokens suppress each stream's EOS until then (forced answer lengths, for benchmarks)."""
     model, processor = loaded.model, loaded.processor
     inputs = prepare_inputs(processor, conversation).to(loaded.device)
     if audio_features is not None:
@@ -54,10 +57,16 @@ def reference_generate_qwen3(
     # where only the thinker's config has it (AttributeError otherwise): lend it the thinker's.
     model.talker.config.audio_config = model.config.thinker_config.audio_config
     model.code2wav.chunked_decode = capture
+    forced = {}
+    if thinker_min_new_tokens:
+        forced["thinker_min_new_tokens"] = thinker_min_new_tokens
+    if talker_min_new_tokens:
+        forced["talker_min_new_tokens"] = talker_min_new_tokens
     started = time.perf_counter()
     try:
         output = model.generate(
             **inputs,
+            **forced,
             speaker=voice,
             thinker_max_new_tokens=max_new_tokens,
             thinker_do_sample=False,

@@ -6,6 +6,7 @@ import os
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -55,6 +56,21 @@ def playwright():
     api = pytest.importorskip("playwright.sync_api")
     with api.sync_playwright() as p:
         yield p
+
+
+@pytest.fixture(scope="session")
+def camera_video(tmp_path_factory) -> Path:
+    """4 s of 320x240 video at 10 fps as a y4m file (what Chrome's fake camera plays): a bar moving right."""
+    width, height, fps = 320, 240, 10
+    path = tmp_path_factory.mktemp("camera") / "camera.y4m"
+    with path.open("wb") as f:
+        f.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for i in range(4 * fps):
+            luma = np.full((height, width), 70, np.uint8)
+            luma[:, (i * 8) % (width - 40) :][:, :40] = 220
+            chroma = np.full((height // 2, width // 2), 128, np.uint8)
+            f.write(b"FRAME\n" + luma.tobytes() + chroma.tobytes() + chroma.tobytes())
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from speech import silence, speech_48k
 from test_app import component, config
-from test_browser import answers_ended, camera_video, microphone_file, open_page, start_talking, wait_for  # noqa: F401
+from test_browser import (
+    answers_ended,
+    microphone_file,
+    open_page,
+    start_talking,
+    wait_for,
+)
 
 from model import loading_qwen3 as Q3
 from model.processing_qwen3 import qwen3_audio_token_count

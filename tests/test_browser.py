@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import soundfile
 from conftest import CHROMIUM
 from speech import BROWSER_RATE, silence, speech_48k
@@ -28,21 +27,6 @@ CHROMIUM_FLAGS = [
 ALLOW_MEDIA = "--use-fake-ui-for-media-stream"  # answers the permission prompt with "allow"
 DENY_MEDIA = "--deny-permission-prompts"
 ANSWER_TIMEOUT_S = 240
-
-
-@pytest.fixture(scope="module")
-def camera_video(tmp_path_factory) -> Path:
-    """4 s of 320x240 video at 10 fps as a y4m file (what Chrome's fake camera plays): a bar moving right."""
-    width, height, fps = 320, 240, 10
-    path = tmp_path_factory.mktemp("camera") / "camera.y4m"
-    with path.open("wb") as f:
-        f.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
-        for i in range(4 * fps):
-            luma = np.full((height, width), 70, np.uint8)
-            luma[:, (i * 8) % (width - 40) :][:, :40] = 220
-            chroma = np.full((height // 2, width // 2), 128, np.uint8)
-            f.write(b"FRAME\n" + luma.tobytes() + chroma.tobytes() + chroma.tobytes())
-    return path
 
 
 def microphone_file(tmp_path: Path, *pieces: np.ndarray) -> Path:

@@ -11,7 +11,13 @@ import pytest
 import torch
 
 from model import constants as C
-from model.loading import GIB, LoadError, choose_model, load_omni, resolve_checkpoint_dir
+from model.loading import (
+    GIB,
+    LoadError,
+    choose_model,
+    load_omni,
+    resolve_checkpoint_dir,
+)
 from model.loading_qwen3 import HUB_ID as Q3_HUB
 
 
