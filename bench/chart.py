@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from bench.stages import QWEN3_STAGES, STAGES
+from bench.metrics import ALL_STAGES
 from bench.systems import TurnRecord
 
 WIDTH = 1400
@@ -44,8 +44,7 @@ def _ticks(low: float, high: float, count: int = 10) -> list[float]:
 
 
 def draw_timeline(records: list[TurnRecord], path: str | Path, title: str) -> Path:
-    stages = list(STAGES) + [s for s in QWEN3_STAGES if s not in STAGES]
-    lanes = ["input"] + [s for s in stages if any(span.stage == s for r in records for span in r.spans)]
+    lanes = ["input"] + [s for s in ALL_STAGES if any(span.stage == s for r in records for span in r.spans)]
     start = min([0.0] + [r.input_start for r in records if r.input_start is not None] + [s.start for r in records for s in r.spans])
     end = max(r.total for r in records) or 1.0
     panel = HEADER + LANE * len(lanes)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from bench.stages import STAGES, Span
+from bench.stages import QWEN3_STAGES, STAGES, Span
+
+ALL_STAGES = list(STAGES) + [s for s in QWEN3_STAGES if s not in STAGES]
 from bench.systems import TurnRecord
 
 # name -> (unit, what it is). Lower is better for every figure but the two rates.
@@ -33,8 +35,9 @@ def _decode_rate(spans: list[Span], stage: str) -> float | None:
 
 
 def busy_seconds(spans: list[Span]) -> dict[str, float]:
-    """Seconds each stage computed after the end of input."""
-    return {stage: sum(s.end - max(s.start, 0.0) for s in spans if s.stage == stage and s.end > 0) for stage in STAGES}
+    """Seconds each stage of the model computed after the end of input."""
+    stages = [stage for stage in ALL_STAGES if any(s.stage == stage for s in spans)]
+    return {stage: sum(s.end - max(s.start, 0.0) for s in spans if s.stage == stage and s.end > 0) for stage in stages}
 
 
 def turn_metrics(record: TurnRecord) -> dict:
@@ -76,8 +79,9 @@ class SystemSummary:
     @property
     def median(self) -> dict:
         figures = {name: median(self.runs, name) for name in (*METRICS, *COUNTS)}
+        stages = [stage for stage in ALL_STAGES if any(stage in run["stage_busy_s"] for run in self.runs)]
         figures["stage_busy_s"] = {
-            stage: statistics.median(run["stage_busy_s"][stage] for run in self.runs) for stage in STAGES
+            stage: statistics.median(run["stage_busy_s"].get(stage, 0.0) for run in self.runs) for stage in stages
         }
         return figures
 

@@ -215,12 +215,24 @@ def test_live_audio_in_any_chunks_is_the_whole_turns_encoding(qwen3_loaded, seco
     assert_same_answer(done, wave, reference)
 
 
-def test_a_window_is_redone_only_while_its_group_grows(qwen3_loaded):
-    """11.3 s: group one (windows 0-3) redoes 0, then 0-1, then 0-2 as it fills; group two redoes window 4
-    once, when the turn's last 1.3 s join it at the end."""
+def test_a_groups_windows_are_prefilled_together_once_its_8_s_are_in(qwen3_loaded):
+    """No window is prefilled before its group is complete, so none is redone; what is left when the user
+    stops (the open group and the closing) is one forward pass."""
+    audio = speech_like(11.3, seed=3)
     session = OmniSession(qwen3_loaded)
-    session.feed_live(Audio(speech_like(11.3, seed=3)), chunk_samples=4000)
-    assert session.windows_redone == 1 + 2 + 3 + 1
+    session.feed_audio(audio[: 8 * 16_000 - 1600])
+    assert session.live_windows == 0
+    session.feed_audio(audio[8 * 16_000 - 1600 : 8 * 16_000])
+    assert session.live_windows == 4  # the first group, in one pass
+    session.feed_audio(audio[8 * 16_000 :])
+    assert session.live_windows == 4
+    passes = []
+    hook = qwen3_loaded.model.thinker.model.language_model.register_forward_hook(lambda *_: passes.append(1))
+    try:
+        session.end_user_turn()
+    finally:
+        hook.remove()
+    assert len(passes) == 1 and session.windows_redone == 0
 
 
 @pytest.mark.parametrize("sound", [True, False], ids=["camera_and_voice", "camera_only"])

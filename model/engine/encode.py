@@ -131,14 +131,13 @@ class PromptEncoder:
         tail: list[int],
         so_far: LivePrompt,
         offset: int,
-        audio_group: tuple[list[np.ndarray], int] | None = None,
+        audio_tokens: torch.Tensor | None = None,
     ) -> tuple[Segment, LivePrompt]:
         """One live window after `so_far`: `head` (the turn's opening, before its first window), then its video
         tokens (its frames, in pairs), then its audio tokens (its sound's log-mel, computed from this window
-        alone). `tail` is the turn's closing, for the rope ids. `audio_group`: the sound of each window of its
-        audio encoder group and its place among them, for an encoder that attends across windows (Qwen3-Omni):
-        the group is encoded together and this window's tokens taken from it. Returns the segment and the
-        prompt after it."""
+        alone). `tail` is the turn's closing, for the rope ids. `audio_tokens`: the audio encoder's output for
+        this window, where the encoder attends across windows (Qwen3-Omni: `group_audio_tokens`); else the
+        window's sound is encoded alone. Returns the segment and the prompt after it."""
         media: dict = {}
         if frames:
             if len(frames) % 2:  # an odd tail repeats its last frame, as the processor does
@@ -154,21 +153,19 @@ class PromptEncoder:
             so_far.audio_frames + (int(media["feature_attention_mask"].sum()) if len(audio) else 0),
             tuple(grid[0, 1:].tolist()) if grid is not None else so_far.grid_hw,
         )
-        audio_tokens = self._group_audio_tokens(*audio_group) if audio_group and len(audio) else None
-        return self._live_segment(ids, media, so_far, after, tail, offset, audio_tokens), after
+        return self._live_segment(ids, media, so_far, after, tail, offset, audio_tokens if len(audio) else None), after
 
     @torch.no_grad()
-    def _group_audio_tokens(self, pieces: list[np.ndarray], place: int) -> torch.Tensor:
-        """The audio encoder's output for window `place` of a group, encoded with the whole group (each
-        window's log-mel computed alone, as everywhere on the live path)."""
+    def group_audio_tokens(self, pieces: list[np.ndarray]) -> list[torch.Tensor]:
+        """The audio encoder's output for each window of a group, encoded together (each window's log-mel
+        computed alone, as everywhere on the live path)."""
         features = [self.processor._audio_features([piece])[0]["input_features"][0] for piece in pieces]
         dtype = self.thinker.get_input_embeddings().weight.dtype
         joined = torch.cat(features, dim=-1)[None].to(self.device, dtype)
         mask = torch.ones((1, joined.shape[-1]), dtype=torch.long, device=self.device)
         tokens = self.thinker.model.get_audio_features(joined, mask).last_hidden_state
         counts = [self.processor.audio_tokens(f.shape[-1]) for f in features]
-        start = sum(counts[:place])
-        return tokens[start : start + counts[place]]
+        return list(tokens.split(counts))
 
     def live_closing(self, tail: list[int], so_far: LivePrompt, offset: int) -> Segment:
         """The closing tokens after a live turn's last window."""

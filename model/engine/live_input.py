@@ -12,8 +12,9 @@ arrive, camera lag and a restore change nothing. `LiveTimeline` holds that conte
   k holds slots 4k..4k+3 (two frame pairs, its video tokens) and samples [2k s, 2k+2 s) (its audio
   tokens). Qwen2.5-Omni's audio encoder encodes 2 s blocks independently, so each window can be encoded on
   its own. Qwen3-Omni's attends within 8 s groups (`group_samples`): a window's tokens depend on every
-  window of its group, so its plan says how much of the group is in (`Window.group_samples`); when the
-  group grows, its windows are redone, and the turn's final cache is the whole turn's encoding.
+  window of its group, so its plan says how much of the group is in (`Window.group_samples`), a group's
+  windows settle together once all its 8 s are in (`unit`), and the turn's final cache is the whole turn's
+  encoding. A window whose group changes anyway (a late frame) is redone like any other.
   A last window's sound shorter than `MIN_WINDOW_SAMPLES` gives no audio token and is left out.
 * **When a window is settled while the user still speaks**: its 2 s of sound are in, and the camera has
   delivered a frame at or past the window's last slot (no later frame can change what its slots take), or
@@ -75,6 +76,7 @@ class LiveTimeline:
 
     def __init__(self, group_samples: int = 0):
         self.group_samples = group_samples
+        self.unit = max(1, group_samples // SAMPLES_PER_WINDOW)  # windows that settle, and are prefilled, together
         self._audio: list[np.ndarray] = []
         self.samples = 0
         self._joined: np.ndarray | None = None
@@ -142,11 +144,16 @@ class LiveTimeline:
     def settled_count(self) -> int:
         """Leading windows that can be prefilled while the turn goes on (see the module's docstring)."""
         windows = self.samples // SAMPLES_PER_WINDOW
-        if not self._frames:
-            return windows
-        camera_covers = int((self._times[-1] + SLOT_SECONDS) / SECONDS_PER_WINDOW + _EPSILON)
-        stalled = math.floor((self.samples / C.INPUT_SAMPLE_RATE - STALL_SECONDS) / SECONDS_PER_WINDOW + _EPSILON)
-        return min(windows, max(camera_covers, stalled))
+        if self._frames:
+            camera_covers = int((self._times[-1] + SLOT_SECONDS) / SECONDS_PER_WINDOW + _EPSILON)
+            stalled = math.floor((self.samples / C.INPUT_SAMPLE_RATE - STALL_SECONDS) / SECONDS_PER_WINDOW + _EPSILON)
+            windows = min(windows, max(camera_covers, stalled))
+        return windows - windows % self.unit
+
+    def units(self, start: int, end: int) -> list[range]:
+        """Windows [start, end) cut at the audio encoder's group boundaries: what one forward pass prefills."""
+        cuts = [start, *range(start - start % self.unit + self.unit, end, self.unit), end]
+        return [range(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
 
     def plan(self, index: int, final: bool) -> Window:
         """What window `index` holds: as the turn stands (`final` False: a settled window) or once it has

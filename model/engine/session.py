@@ -224,12 +224,14 @@ class OmniSession:
             self._live = None
             raise ValueError("The live turn is too short to hear.")
         self._roll_back_changed(final=True)
-        # The windows still open, the last with the closing tokens in the same forward pass (one pass fewer
-        # before the first text). Their talker prompt waits for the answer's first token, off that path too.
-        open_plans = [timeline.plan(index, final=True) for index in range(len(live.windows), timeline.window_count())]
-        for plan in open_plans[:-1]:
-            self._prefill_windows([plan])
-        self._prefill_windows(open_plans[-1:], close=True)
+        # The windows still open, a forward pass per audio encoder group (a window each for Qwen2.5-Omni), the
+        # last with the closing tokens (one pass fewer before the first text). Their talker prompt waits for the
+        # answer's first token, off that path too.
+        units = timeline.units(len(live.windows), timeline.window_count())
+        plans = [[timeline.plan(index, final=True) for index in unit] for unit in units]
+        for unit in plans[:-1]:
+            self._prefill_windows(unit)
+        self._prefill_windows(plans[-1] if plans else [], close=True)
         self._live, self._ended_live = None, live
         record = LiveTurn(timeline.audio()[: timeline.kept_samples()], timeline.slot_frames())
         record.span = self.thinker.next_position - live.offset
@@ -266,8 +268,9 @@ class OmniSession:
     def _prefill_settled(self) -> None:
         live = self._live
         self._roll_back_changed(final=False)
-        while len(live.windows) < live.timeline.settled_count():
-            self._prefill_windows([live.timeline.plan(len(live.windows), final=False)])
+        timeline = live.timeline
+        for unit in timeline.units(len(live.windows), timeline.settled_count()):
+            self._prefill_windows([timeline.plan(index, final=False) for index in unit])
             self._feed_talker_prompt()  # the talker's prompt too, so the answer starts with little to do
 
     def _roll_back_changed(self, final: bool) -> None:
@@ -288,13 +291,22 @@ class OmniSession:
         talker = self.talker.mark() if self.talker else None
         segments, prefilled = [], []
         so_far = live.windows[-1].prompt if live.windows else LivePrompt()
+        groups: dict[tuple[int, int], list[torch.Tensor]] = {}  # each group encoded once per pass
         for plan in plans:
             head = self.template.live_ids("head", live.first, plan.camera, plan.sound) if plan.index == 0 else []
             tail = self.template.live_ids("tail", live.first, plan.camera, plan.sound)
             before = _Checkpoint(self.thinker.mark_after(*segments), talker, self._talker_fed)
             frames = [timeline.frame(f) for f in plan.frames]
-            group = timeline.group_audio(plan) if plan.group_samples else None
-            segment, so_far = self.encoder.live_window(frames, timeline.window_audio(plan), head, tail, so_far, live.offset, group)
+            audio_tokens = None
+            if plan.group_samples:  # an encoder that attends across windows: this window's part of its group
+                pieces, place = timeline.group_audio(plan)
+                key = (plan.index - place, plan.group_samples)
+                if key not in groups:
+                    groups[key] = self.encoder.group_audio_tokens(pieces)
+                audio_tokens = groups[key][place]
+            segment, so_far = self.encoder.live_window(
+                frames, timeline.window_audio(plan), head, tail, so_far, live.offset, audio_tokens
+            )
             segments.append(segment)
             prefilled.append(_PrefilledWindow(plan, before, so_far))
         if close:
