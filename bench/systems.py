@@ -23,11 +23,11 @@ from bench.memory import PeakMemory
 from bench.stages import Span, StageRecorder
 from model import constants as C
 from model.conversation import Audio, Conversation, Part, Video
+from model.engine.sampling import Sampling
+from model.engine.token2wav_stream import ODE_TIME_POINTS
 from model.reference import TalkerSampling, reference_generate
 from model.reference_qwen3 import reference_generate_qwen3
-from model.engine.sampling import Sampling
 from model.session import AnswerDone, AnswerSettings, AudioChunk, OmniSession
-from model.engine.token2wav_stream import ODE_TIME_POINTS
 
 SYSTEMS = ("reference", "engine_whole", "engine_live")
 LIVE_CHUNK_SAMPLES = 1600  # 0.1 s, like a browser's microphone chunks

@@ -37,6 +37,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 
@@ -153,7 +154,7 @@ class LiveTimeline:
     def units(self, start: int, end: int) -> list[range]:
         """Windows [start, end) cut at the audio encoder's group boundaries: what one forward pass prefills."""
         cuts = [start, *range(start - start % self.unit + self.unit, end, self.unit), end]
-        return [range(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+        return [range(a, b) for a, b in pairwise(cuts) if b > a]
 
     def plan(self, index: int, final: bool) -> Window:
         """What window `index` holds: as the turn stands (`final` False: a settled window) or once it has
