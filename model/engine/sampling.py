@@ -110,3 +110,10 @@ class TokenChooser:
             return int(scores.argmax(dim=-1))
         probs = torch.softmax(scores, dim=-1)
         return int(torch.multinomial(probs, 1, generator=self.generator))
+
+
+def residual_sampling(talker: Sampling) -> Sampling:
+    """How Qwen3-Omni's code predictor chooses a frame's residual codes: greedy when the talker is, else
+    transformers' hard-coded top-k 50 and top-p 0.8 at temperature 1 (generate mirrors only the talker's
+    do_sample onto it)."""
+    return talker if talker.greedy else Sampling(greedy=False, top_k=50, top_p=0.8)

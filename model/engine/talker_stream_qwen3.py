@@ -15,17 +15,10 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from model.engine.sampling import Sampling
 from model.engine.talker_inputs import Qwen3TalkerInputs
 from model.engine.talker_stream import TalkerStream
 
 CONTROL_CODES = 1024  # the top of the talker's vocabulary: think/nothink, speakers, pad, BOS, EOS
-
-
-def residual_sampling(talker: Sampling) -> Sampling:
-    """How the code predictor chooses: greedy when the talker is, else transformers' hard-coded top-k 50 and
-    top-p 0.8 at temperature 1 (generate mirrors only the talker's do_sample onto it)."""
-    return talker if talker.greedy else Sampling(greedy=False, top_k=50, top_p=0.8)
 
 
 @dataclass
