@@ -12,12 +12,13 @@
 #   latency-7b-*.json     bench.latency on the random-weight 7B: eager (growing cache), then compiled (static
 #   timeline-7b-*.png     cache, torch.compile with CUDA graphs); the figures and each one's timeline
 #   latency-3b.json       the 3B, compiled, if the time allows
+#   latency-qwen3.json    the random-weight Qwen3-Omni-30B-A3B (65.7 GiB in bfloat16), eager, if the time allows
 #
-# DEVICE=cpu BIG=tiny SMALL=tiny-random runs the same steps on a CPU with the tiny models: a dry run of the
-# script itself, not a measurement.
+# DEVICE=cpu BIG=tiny SMALL=tiny-random QWEN3=tiny-random-qwen3 runs the same steps on a CPU with the tiny
+# models: a dry run of the script itself, not a measurement.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-DEVICE=${DEVICE:-cuda} BIG=${BIG:-7b} SMALL=${SMALL:-3b}
+DEVICE=${DEVICE:-cuda} BIG=${BIG:-7b} SMALL=${SMALL:-3b} QWEN3=${QWEN3:-qwen3-30b-a3b}
 export DEVICE
 OUT=${OUT:-/tmp/device-check}
 mkdir -p "$OUT"
@@ -83,6 +84,8 @@ step 110 "$OUT/latency-7b-eager.json" python3 -m bench.latency --model "$BIG" "$
 # thread's own stream gain); its timeline shows launch times, its figures every overlap.
 step 150 "$OUT/latency-7b-compiled.json" python3 -m bench.latency --model "$BIG" "${BENCH[@]}" --decode compiled --stage-sync off --chart "$OUT/timeline-7b-compiled.png"
 step 90 "$OUT/latency-3b.json" python3 -m bench.latency --model "$SMALL" "${BENCH[@]}" --decode compiled --stage-sync off
+# Qwen3-Omni: --codes counts its 80 ms frames (75: 6 s of speech, as 300 codes of Qwen2.5-Omni).
+step 120 "$OUT/latency-qwen3.json" python3 -m bench.latency --model "$QWEN3" --device "$DEVICE" --tokens 60 --codes 75 --runs 1 --json --decode growing --chart "$OUT/timeline-qwen3.png"
 # The tables, for a reader of summary.txt.
 python3 - "$OUT" <<'PY' >>"$OUT/summary.txt" 2>&1
 import json, pathlib, sys

@@ -2,8 +2,9 @@
 
 `--model 3b` / `--model 7b` build the released 3B config and the reconstructed 7B config (model/configs)
 with random weights directly on the device, nothing downloaded: the work per token is the real model's,
-the outputs are noise. `random_omni` takes any config, so CI runs the same builder on the tiny config on a
-CPU (`--model tiny-random`).
+the outputs are noise; `--model qwen3-30b-a3b` Qwen3-Omni's released config the same way (65.7 GiB in
+bfloat16: a GPU of 80 GB or more). `random_omni` and `random_qwen3` take any config, so CI runs the same
+builders on the tiny configs on a CPU (`--model tiny-random`, `--model tiny-random-qwen3`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,17 @@ from pathlib import Path
 import torch
 
 from model import constants as C
-from model import tiny
-from model.loading import LoadedOmni, default_device, default_dtype, ensure_tiny_checkpoint, load_omni, pick_attention
+from model import loading_qwen3, tiny, tiny_qwen3_omni
+from model.loading import (
+    FAMILIES,
+    TINY_QWEN3,
+    LoadedOmni,
+    default_device,
+    default_dtype,
+    ensure_tiny_checkpoint,
+    load_omni,
+    pick_attention,
+)
 
 RANDOM_CONFIGS = {
     "3b": C.REFERENCE_3B_DIR / "config.json",
@@ -44,6 +54,8 @@ def _init_like_tiny(model: torch.nn.Module, seed: int) -> None:
                 continue
             if "embed" in name and param.ndim == 2:
                 std = 1.0
+            elif "experts" in name and param.ndim == 3:  # fused experts, (experts, out, in)
+                std = 1.0 / param.shape[-1] ** 0.5
             else:
                 scale = 4.0 if name.endswith(("lm_head.weight", "codec_head.weight")) else 1.0
                 std = scale / param[0].numel() ** 0.5
@@ -81,10 +93,45 @@ def random_omni(
     return loaded
 
 
+def random_qwen3(
+    config: dict, device: str | torch.device | None = None, seed: int = RANDOM_SEED, dtype: torch.dtype | None = None
+) -> LoadedOmni:
+    """Qwen3-Omni of architecture `config` with random weights, built on the device in the thinker's and
+    talker's dtype (code2wav too, as transformers loads it); the processor from the tiny Qwen3-Omni checkpoint
+    (the same files), the voices from the config. Random weights never end an answer: benchmarks force its
+    length."""
+    from transformers import AutoConfig, Qwen3OmniMoeForConditionalGeneration
+
+    device = torch.device(device) if device else default_device()
+    dtype = dtype or default_dtype(device)
+    attn = pick_attention(device)
+    with torch.device(device):  # built in place: 65.7 GiB on a CPU first would not fit
+        model = Qwen3OmniMoeForConditionalGeneration._from_config(
+            AutoConfig.for_model(**config), dtype=dtype, attn_implementation=attn
+        )
+    _init_like_tiny(model, seed)
+    model.eval()
+    checkpoint = ensure_tiny_checkpoint(spec=TINY_QWEN3)
+    loaded = LoadedOmni(
+        model, loading_qwen3.processor(checkpoint), loading_qwen3.voices(config), "random", checkpoint, device, dtype, attn,
+        family=FAMILIES[loading_qwen3.MODEL_TYPE],
+    )
+    loaded.notes.append("random weights: the real architecture's work per token, noise for output")
+    return loaded
+
+
+RANDOM_QWEN3 = {"qwen3-30b-a3b": "Qwen3-Omni-30B-A3B architecture", "tiny-random-qwen3": "tiny Qwen3-Omni config"}
+
+
 def load_for_bench(spec: str, device: str | None = None, dtype: torch.dtype | None = None) -> tuple[LoadedOmni, str]:
-    """(loaded model, a one-line description). `spec`: tiny, tiny-random, 3b, 7b or a checkpoint directory.
-    `dtype`: the thinker's and talker's (default: bfloat16 on CUDA, float32 elsewhere)."""
-    if spec in RANDOM_CONFIGS or spec == "tiny-random":
+    """(loaded model, a one-line description). `spec`: tiny, tiny-qwen3-omni, tiny-random, tiny-random-qwen3, 3b,
+    7b, qwen3-30b-a3b or a checkpoint directory. `dtype`: the thinker's and talker's (default: bfloat16 on
+    CUDA, float32 elsewhere)."""
+    if spec in RANDOM_QWEN3:
+        config = tiny_qwen3_omni.tiny_config() if spec == "tiny-random-qwen3" else tiny_qwen3_omni.released_config()
+        loaded = random_qwen3(config, device, dtype=dtype)
+        label = f"{RANDOM_QWEN3[spec]}, random weights"
+    elif spec in RANDOM_CONFIGS or spec == "tiny-random":
         config = tiny.tiny_config() if spec == "tiny-random" else json.loads(Path(RANDOM_CONFIGS[spec]).read_text())
         loaded = random_omni(config, device, dtype=dtype)
         name = {"tiny-random": "tiny config", "3b": "Qwen2.5-Omni-3B architecture", "7b": "Qwen2.5-Omni-7B architecture"}[spec]

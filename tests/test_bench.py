@@ -162,6 +162,41 @@ def test_benchmark_runs_once_on_the_tiny_checkpoint(tiny_dir, tmp_path, capsys):
         assert COLOURS[stage] in colours, stage
 
 
+def test_benchmark_runs_qwen3_omni_built_at_random_like_its_30b(qwen3_loaded, tmp_path, capsys):
+    """`--model qwen3-30b-a3b` builds the released config with random weights on the GPU; the same builder on
+    the tiny config gives the tiny checkpoint's architecture, and the benchmark measures it against
+    transformers: the forced answer whole in every system, its stages (talker, code predictor, code2wav)."""
+    from PIL import Image
+
+    from bench.chart import COLOURS
+    from bench.latency import main
+    from bench.models import load_for_bench
+
+    built, label = load_for_bench("tiny-random-qwen3", "cpu")
+    assert "random weights" in label and built.family.name == "Qwen3-Omni"
+    ours, theirs = dict(built.model.named_parameters()), dict(qwen3_loaded.model.named_parameters())
+    assert ours.keys() == theirs.keys() and all(ours[n].shape == theirs[n].shape for n in theirs)
+
+    chart = tmp_path / "timeline.png"
+    tokens, frames = 5, 9  # the engine's code2wav: 4 frames, then the last 5
+    argv = ["--model", "tiny-random-qwen3", "--device", "cpu", "--tokens", str(tokens), "--codes", str(frames)]
+    argv += ["--runs", "1", "--no-warmup", "--threads", "1", "--json", "--chart", str(chart)]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["scenario"]["speech_seconds"] == pytest.approx(frames * 0.08)
+    for system, entry in result["systems"].items():
+        figures = entry["median"]
+        assert figures["tokens"] == tokens and figures["codes"] == frames, system
+        assert figures["audio_seconds"] == pytest.approx((frames * 1920 - 555) / C.OUTPUT_SAMPLE_RATE)
+        assert {"thinker", "talker", "code predictor", "code2wav"} <= {k for k, v in figures["stage_busy_s"].items() if v > 0}
+        assert figures["chunks"] == (1 if system == "reference" else 2)
+    with Image.open(chart) as image:
+        image.load()
+        colours = {colour for _, colour in image.convert("RGB").getcolors(maxcolors=1 << 20)}
+    for stage in ("thinker", "talker", "code predictor", "code2wav"):
+        assert COLOURS[stage] in colours, stage
+
+
 def test_transformers_first_text_is_when_its_first_logits_exist(loaded):
     """Not the end of the thinker's language model: its LM head runs after it, over every prompt position."""
     from bench.stages import StageRecorder

@@ -16,7 +16,6 @@ from model import constants as C
 from model.engine.kv_cache import GrowingKV, StaticKV
 from model.engine.talker_inputs import Qwen3TalkerInputs, Qwen25TalkerInputs
 
-MEDIA_TOKEN_IDS = (C.AUDIO_TOKEN_ID, C.IMAGE_TOKEN_ID, C.VIDEO_TOKEN_ID)  # Qwen2.5-Omni's
 VISION_TOKEN_IDS = (C.IMAGE_TOKEN_ID, C.VIDEO_TOKEN_ID)  # both families'
 
 
