@@ -256,3 +256,31 @@ def test_live_camera_is_transformers_answer_to_the_turns_video(qwen3_loaded, sou
     reference = reference_generate_qwen3(qwen3_loaded, turn, max_new_tokens=TOKENS, talker_max_new_tokens=CODES, audio_features=features)
     assert session.thinker.ids[: len(reference.prompt_ids)] == reference.prompt_ids
     assert_same_answer(done, wave, reference)
+
+
+def test_conversations_on_two_threads_read_their_own_layer_24(qwen3_loaded):
+    """The talker's media states come from thinker layer 24, captured during each prefill: two conversations
+    prefilling pictures on two threads at once each get their own, the answers they give alone."""
+    import threading
+
+    def answer_alone(case: str) -> tuple[list[int], list[list[int]]]:
+        session = OmniSession(qwen3_loaded)
+        session.add_user_turn(*MEDIA_CASES[case]())
+        done, _ = answer(session, settings_for())
+        return done.tokens, done.codes
+
+    cases_run = ["image", "silent_video"]
+    alone = {case: answer_alone(case) for case in cases_run}
+    together: dict[str, tuple] = {}
+    barrier = threading.Barrier(len(cases_run))
+
+    def run(case: str) -> None:
+        barrier.wait()
+        together[case] = answer_alone(case)
+
+    threads = [threading.Thread(target=run, args=(case,)) for case in cases_run]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert together == alone

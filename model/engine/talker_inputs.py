@@ -11,9 +11,12 @@ the talker can run one token behind the thinker.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from itertools import pairwise
-from typing import ClassVar
+from typing import Self
 
 import torch
 
@@ -35,6 +38,9 @@ class Qwen25TalkerInputs:
     def embed(self, ids: list[int]) -> torch.Tensor:
         device = self.thinker.lm_head.weight.device
         return self.thinker.get_input_embeddings()(torch.tensor([ids], device=device))
+
+    def prefilling(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()  # the last hidden states are all it reads
 
     def prompt_states(self, segment, hidden: torch.Tensor, span: slice, before: list[int], next_position: int):
         """The talker's states for a prefilled segment (its last hidden states are `hidden[:, span]`) and their
@@ -60,29 +66,27 @@ class Qwen25TalkerInputs:
         return self.embed([C.TALKER_TEXT_PAD_ID])
 
 
-class LayerTap:
-    """The output of one decoder layer at its last forward on this thread: one forward hook per layer, shared
-    by every conversation on the model, each thread reading its own forwards."""
-
-    _taps: ClassVar[dict[int, LayerTap]] = {}
-    _lock: ClassVar[threading.Lock] = threading.Lock()
+class LayerCapture:
+    """The output of one decoder layer during the forward passes run inside `with capture:` on this thread.
+    The hook exists only meanwhile, so the decode steps (compiled on a GPU) never see it, and it records only
+    its own thread's forwards: conversations on other threads may run the same layer at the same time."""
 
     def __init__(self, layer: torch.nn.Module):
-        self._local = threading.local()
-        layer.register_forward_hook(self._keep)
+        self.layer = layer
+        self.output: torch.Tensor | None = None
 
-    @classmethod
-    def on(cls, layer: torch.nn.Module) -> LayerTap:
-        with cls._lock:
-            if id(layer) not in cls._taps:
-                cls._taps[id(layer)] = cls(layer)
-            return cls._taps[id(layer)]
+    def __enter__(self) -> Self:
+        owner = threading.get_ident()
 
-    def _keep(self, module, args, output) -> None:
-        self._local.output = output[0] if isinstance(output, tuple) else output
+        def keep(module, args, output) -> None:
+            if threading.get_ident() == owner:
+                self.output = output[0] if isinstance(output, tuple) else output
 
-    def last(self) -> torch.Tensor:
-        return self._local.output
+        self._hook = self.layer.register_forward_hook(keep)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hook.remove()
 
 
 class Qwen3TalkerInputs:
@@ -91,7 +95,8 @@ class Qwen3TalkerInputs:
         self.config = model.config
         self.media_ids = media_ids
         layer = model.config.talker_config.accept_hidden_layer  # hidden_states[k] is decoder layer k-1's output
-        self.tap = LayerTap.on(self.thinker.model.language_model.layers[layer - 1])
+        self.layer = self.thinker.model.language_model.layers[layer - 1]
+        self._captured: LayerCapture | None = None
         # The user turn being read: (thinker index of its <|im_start|>, thinker-to-talker id shift, None for
         # plain sequential ids).
         self._turn: tuple[int, int | None] | None = None
@@ -101,6 +106,12 @@ class Qwen3TalkerInputs:
     def embed(self, ids: list[int]) -> torch.Tensor:
         device = self.thinker.lm_head.weight.device
         return self.thinker.get_input_embeddings()(torch.tensor([ids], device=device))
+
+    @contextmanager
+    def prefilling(self) -> Iterator[None]:
+        """Around a thinker prefill: its layer-`accept_hidden_layer` states, which the talker reads at media."""
+        with LayerCapture(self.layer) as self._captured:
+            yield
 
     def _user_mask(self, ids: list[int], before: list[int]) -> list[bool]:
         """Which of `ids` lie in user turns, given the ids already in the cache: a position belongs to the
@@ -135,7 +146,7 @@ class Qwen3TalkerInputs:
         kept_media = media[keep]
         states[~kept_media] = text_states
         if bool(kept_media.any()):
-            layer_hidden = self.tap.last()[0, span]
+            layer_hidden = self._captured.output[0, span]
             states[kept_media] = self.talker.hidden_projection(layer_hidden[keep & media])
         return states.unsqueeze(0), self._positions(segment, listed, keep, before, next_position)
 

@@ -8,6 +8,7 @@ talker_inputs.py: for Qwen2.5-Omni every position, for Qwen3-Omni user turns onl
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -82,14 +83,16 @@ class ThinkerStream:
         """Adds segments to the cache in one forward pass; returns the logits after the last token, (1, vocab).
         Each segment keeps its own entry of talker states, so a `mark` between two of them is one to rewind to."""
         embeds = torch.cat([segment.embeds for segment in segments], dim=1)
-        hidden = self._forward(embeds, torch.cat([segment.position_ids for segment in segments], dim=-1), **_deepstack(segments))
-        start = 0
-        for segment in segments:
-            count = segment.ids.shape[1]
-            self._add_entry(count, segment, hidden, slice(start, start + count))
-            self.ids.extend(segment.ids[0].tolist())
-            self.next_position = int(segment.position_ids.max()) + 1
-            start += count
+        positions = torch.cat([segment.position_ids for segment in segments], dim=-1)
+        with self.talker_inputs.prefilling() if self.talker_inputs is not None else contextlib.nullcontext():
+            hidden = self._forward(embeds, positions, **_deepstack(segments))
+            start = 0
+            for segment in segments:
+                count = segment.ids.shape[1]
+                self._add_entry(count, segment, hidden, slice(start, start + count))
+                self.ids.extend(segment.ids[0].tolist())
+                self.next_position = int(segment.position_ids.max()) + 1
+                start += count
         return self.thinker.lm_head(hidden[:, -1])
 
     def _add_entry(self, count: int, segment: Segment | None = None, hidden=None, span=None, reply=None, position=None) -> None:
