@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-TAIL_SAMPLES = 555  # what a call leaves out at its end (the causal convolutions' right edge)
 # Frames of pre-transformer output the convolutions re-read before a chunk. Measured on the tiny checkpoint
 # (same kernels and dilations as the released one), 150 frames fed one by one, against one whole call: 8
 # frames differ (28 dB), 12, 16, 24 and all frames give the same 80 dB (the pre-transformer's cache sums in
