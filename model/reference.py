@@ -145,15 +145,7 @@ def reference_generate(
             raise ValueError("prompt_ids replaces the prompt of text-only conversations only")
         ids = torch.tensor([prompt_ids], device=loaded.device)
         inputs["input_ids"], inputs["attention_mask"] = ids, torch.ones_like(ids)
-    if audio_features is not None:  # (128, frames): e.g. the live path's per-window log-mel of the one audio
-        mask = inputs["feature_attention_mask"]
-        if mask.shape[0] != 1 or int(mask.sum()) != audio_features.shape[-1]:
-            raise ValueError("audio_features must replace exactly one audio's features, frame for frame")
-        inputs["input_features"] = audio_features[None].to(loaded.device)
-        inputs["feature_attention_mask"] = torch.ones((1, audio_features.shape[-1]), dtype=mask.dtype, device=mask.device)
-    for key in ("input_features", "pixel_values", "pixel_values_videos"):
-        if key in inputs:
-            inputs[key] = inputs[key].to(loaded.dtype)
+    media_inputs(loaded, inputs, audio_features)
     kwargs = dict(inputs)
     kwargs.update((thinker or ThinkerSampling()).generate_kwargs())
     kwargs.update((talker or TalkerSampling()).generate_kwargs())
@@ -194,14 +186,35 @@ def reference_generate(
         hook.remove()
     seconds = time.perf_counter() - started
 
+    result, waveform = answer_of(processor, inputs, output, text_only, seconds)
+    if waveform is not None:
+        result.talker_codes = codes[0].reshape(-1).tolist() if codes else []
+    return result
+
+
+def media_inputs(loaded, inputs, audio_features: torch.Tensor | None = None) -> None:
+    """The processor's `inputs`, in place, as the model takes them: `audio_features` (128, frames; e.g. the live
+    path's per-window log-mel) instead of the one audio's, and the media tensors in the model's dtype."""
+    if audio_features is not None:
+        mask = inputs["feature_attention_mask"]
+        if mask.shape[0] != 1 or int(mask.sum()) != audio_features.shape[-1]:
+            raise ValueError("audio_features must replace exactly one audio's features, frame for frame")
+        inputs["input_features"] = audio_features[None].to(loaded.device)
+        inputs["feature_attention_mask"] = torch.ones((1, audio_features.shape[-1]), dtype=mask.dtype, device=mask.device)
+    for key in ("input_features", "pixel_values", "pixel_values_videos"):
+        if key in inputs:
+            inputs[key] = inputs[key].to(loaded.dtype)
+
+
+def answer_of(processor, inputs, output, text_only: bool, seconds: float) -> tuple[ReferenceResult, torch.Tensor | None]:
+    """generate's output as a ReferenceResult (tokens after the prompt, their text, the waveform), and the
+    waveform tensor (None for a text answer)."""
     sequences, waveform = (output, None) if text_only else output
     if hasattr(sequences, "sequences"):
         sequences = sequences.sequences
-    prompt_len = inputs["input_ids"].shape[1]
-    tokens = sequences[0, prompt_len:].tolist()
+    tokens = sequences[0, inputs["input_ids"].shape[1] :].tolist()
     text = processor.tokenizer.decode(tokens, skip_special_tokens=True)
     result = ReferenceResult(inputs["input_ids"][0].tolist(), tokens, text, seconds=seconds)
     if waveform is not None:
         result.waveform = waveform.detach().float().cpu().numpy().reshape(-1)
-        result.talker_codes = codes[0].reshape(-1).tolist() if codes else []
-    return result
+    return result, waveform

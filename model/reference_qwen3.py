@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
 
 from model.conversation import Conversation
-from model.reference import ReferenceResult, prepare_inputs
+from model.reference import ReferenceResult, answer_of, media_inputs, prepare_inputs
 
 
 @torch.no_grad()
@@ -36,14 +35,7 @@ def reference_generate_qwen3(
     min_new_tokens suppress each stream's EOS until then (forced answer lengths, for benchmarks)."""
     model, processor = loaded.model, loaded.processor
     inputs = prepare_inputs(processor, conversation).to(loaded.device)
-    if audio_features is not None:
-        if int(inputs["feature_attention_mask"].sum()) != audio_features.shape[-1]:
-            raise ValueError("audio_features must replace exactly one audio's features, frame for frame")
-        inputs["input_features"] = audio_features[None].to(loaded.device)
-        inputs["feature_attention_mask"] = torch.ones((1, audio_features.shape[-1]), dtype=torch.long, device=loaded.device)
-    for key in ("input_features", "pixel_values", "pixel_values_videos"):
-        if key in inputs:
-            inputs[key] = inputs[key].to(loaded.dtype)
+    media_inputs(loaded, inputs, audio_features)
     frames: list[torch.Tensor] = []
     decode = model.code2wav.chunked_decode
 
@@ -78,14 +70,7 @@ def reference_generate_qwen3(
     finally:
         del model.code2wav.chunked_decode  # back to the class's method
     seconds = time.perf_counter() - started
-    sequences, waveform = (output, None) if text_only else output
-    if hasattr(sequences, "sequences"):
-        sequences = sequences.sequences
-    prompt_len = inputs["input_ids"].shape[1]
-    tokens = sequences[0, prompt_len:].tolist()
-    text = processor.tokenizer.decode(tokens, skip_special_tokens=True)
-    result = ReferenceResult(inputs["input_ids"][0].tolist(), tokens, text, seconds=seconds)
+    result, waveform = answer_of(processor, inputs, output, text_only, seconds)
     if waveform is not None:
-        result.waveform = np.asarray(waveform.detach().float().cpu()).reshape(-1)
         result.talker_codes = frames[0][0].T.tolist() if frames else []
     return result

@@ -127,9 +127,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def live_app(loaded):
-    """The app on a real Gradio server on loopback, with the tiny model: (App, URL)."""
+def served(loaded):
+    """The app around `loaded` on a real Gradio server on loopback: yields (App, URL), then shuts it down."""
     from omni_demo.ui import build_app
 
     app = build_app(loaded)
@@ -143,6 +142,12 @@ def live_app(loaded):
 
 
 @pytest.fixture(scope="session")
+def live_app(loaded):
+    """The app with the tiny model: (App, URL)."""
+    yield from served(loaded)
+
+
+@pytest.fixture(scope="session")
 def server(live_app) -> str:
     return live_app[1]
 
@@ -150,13 +155,4 @@ def server(live_app) -> str:
 @pytest.fixture(scope="module")
 def qwen3_app(qwen3_loaded):
     """The app with the tiny Qwen3-Omni, on its own server: (App, URL)."""
-    from omni_demo.ui import build_app
-
-    app = build_app(qwen3_loaded)
-    _, url, _ = app.demo.launch(
-        server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True, max_threads=80
-    )
-    yield app, url
-    app.demo.close()
-    app.sessions.close_all()
-    app.worker.stop()
+    yield from served(qwen3_loaded)

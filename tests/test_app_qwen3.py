@@ -7,6 +7,7 @@ from speech import silence, speech_48k
 from test_app import component, config
 from test_browser import (
     answers_ended,
+    assert_the_heard_turn_reached_the_model,
     microphone_file,
     open_page,
     start_talking,
@@ -14,7 +15,6 @@ from test_browser import (
 )
 
 from model import loading_qwen3 as Q3
-from model.processing_qwen3 import qwen3_audio_token_count
 
 
 def test_the_page_names_qwen3_omni_and_offers_its_voices_and_defaults(qwen3_app):
@@ -38,16 +38,6 @@ def test_a_spoken_question_with_the_camera_is_answered_in_text_and_speech(playwr
         assert answer["chunks"] >= 2 and answer["samples"] > 0 and answer["stoppedAt"] is None
         assert answer["firstStart"] >= answer["firstArrival"]
         assert page.locator("#chat").locator("audio").count() >= 2  # the user's clip and the answer's
-        # On the server: the turn's frames, and every audio token of what the microphone heard, reached the
-        # model.
-        assert app.worker.idle(60)
-        (live,) = [s for s in app.sessions.open() if s.answer and s.answer.turn and s.answer.turn.frames]
-        session = live.model._engine
-        record = session.history[0]
-        assert record.frames and len(record.audio)
-        heard = live.answer.turn.whole_audio()
-        windows = [heard[i : i + 32000] for i in range(0, len(heard), 32000)]
-        expected = sum(qwen3_audio_token_count(-(-len(w) // 160)) for w in windows if len(w) >= 321)
-        assert session.thinker.ids.count(live.loaded.processor.audio_token_id) == expected
+        assert_the_heard_turn_reached_the_model(app)
     finally:
         browser.close()

@@ -14,7 +14,6 @@ from conftest import CHROMIUM
 from speech import BROWSER_RATE, silence, speech_48k
 
 from model import constants as C
-from model.processing import audio_token_count
 
 CHROMIUM_FLAGS = [
     "--no-sandbox",
@@ -95,6 +94,20 @@ def timeline(page) -> list[dict]:
     return json.loads(page.get_attribute("#timeline", "data-turns") or "[]")
 
 
+def assert_the_heard_turn_reached_the_model(app) -> None:
+    """On the server, once the answer is done: the turn's pictures, and every audio token of what the
+    microphone heard (each 2 s window's tokens, by the model's own count), reached the model."""
+    assert app.worker.idle(60)
+    (live,) = [s for s in app.sessions.open() if s.answer and s.answer.turn and s.answer.turn.frames]
+    session, processor = live.model._engine, live.loaded.processor
+    record = session.history[0]
+    assert record.frames and len(record.audio)
+    heard = live.answer.turn.whole_audio()
+    windows = [heard[i : i + 32000] for i in range(0, len(heard), 32000)]
+    expected = sum(processor.audio_tokens(-(-len(w) // 160)) for w in windows if len(w) >= 321)
+    assert session.thinker.ids.count(processor.audio_token_id) == expected
+
+
 def test_spoken_question_with_camera_streams_text_and_speech(playwright, live_app, camera_video, tmp_path):
     app, server = live_app
     microphone = microphone_file(tmp_path, silence(1.0), speech_48k(), silence(8.0))
@@ -123,16 +136,7 @@ def test_spoken_question_with_camera_streams_text_and_speech(playwright, live_ap
         assert turn["silence"] < end_of_speech_to_audio < turn["silence"] + turn["total"] + 1.0
         print(f"\nend of speech -> first audio played in the browser: {end_of_speech_to_audio:.2f} s "
               f"(turn end -> first audio on the server: {turn['first_audio']:.2f} s; silence {turn['silence']:.2f} s)")
-        # On the server: the turn's pictures, and every audio token of what the microphone heard, reached the model.
-        assert app.worker.idle(60)
-        (live,) = [s for s in app.sessions.open() if s.answer and s.answer.turn and s.answer.turn.frames]
-        session = live.model._engine
-        record = session.history[0]
-        assert record.frames and len(record.audio)
-        heard = live.answer.turn.whole_audio()
-        windows = [heard[i : i + 32000] for i in range(0, len(heard), 32000)]
-        expected = sum(audio_token_count(-(-len(w) // 160)) for w in windows if len(w) >= 321)
-        assert session.thinker.ids.count(C.AUDIO_TOKEN_ID) == expected
+        assert_the_heard_turn_reached_the_model(app)
     finally:
         browser.close()
 

@@ -81,7 +81,14 @@ def reference(ours):
     processor, with the video stand-in. Only its class check refuses the stand-in; everything else is its own."""
     from transformers.models.qwen2_5_omni.processing_qwen2_5_omni import Qwen2_5OmniProcessor
 
-    class Reference(Qwen2_5OmniProcessor):
+    return transformers_processor(Qwen2_5OmniProcessor, ours)
+
+
+def transformers_processor(processor_class, ours):
+    """transformers' `processor_class` over our processor's tokenizer, feature extractor and image processor,
+    with the video stand-in, which only its class check would refuse."""
+
+    class Reference(processor_class):
         def check_argument_for_proper_class(self, argument_name, argument):
             return type(argument)
 

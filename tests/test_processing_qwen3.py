@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_processing import VideoStandIn, image, speech_like
+from test_processing import image, speech_like, transformers_processor
 from transformers.models.qwen3_omni_moe.processing_qwen3_omni_moe import (
     Qwen3OmniMoeProcessor,
     _get_feat_extract_output_lengths,
@@ -24,17 +24,7 @@ def ours(qwen3_dir) -> Qwen3OmniProcessor:
 
 @pytest.fixture(scope="module")
 def reference(ours):
-    class Reference(Qwen3OmniMoeProcessor):
-        def check_argument_for_proper_class(self, argument_name, argument):
-            return type(argument)
-
-    return Reference(
-        image_processor=ours.image_processor,
-        video_processor=VideoStandIn(ours.video_processor),
-        feature_extractor=ours.feature_extractor,
-        tokenizer=ours.tokenizer,
-        chat_template=ours.chat_template,
-    )
+    return transformers_processor(Qwen3OmniMoeProcessor, ours)
 
 
 @given(st.integers(1, 40_000))
