@@ -46,3 +46,32 @@ MAX_TEXT_CHARS = 8_000
 
 class UserInputError(ValueError):
     """Something a user sent that the app cannot use; the message is one sentence meant for them."""
+
+# The files of one message are all decoded, and held, before any of them reaches the model: a 60 s 4K video
+# is held at about 3 GB. So a message carries a few files, at most two of them videos, of a bounded total
+# size; the count and the size are checked before any file is opened, the videos from the headers (media_kind)
+# before any is decoded.
+MAX_FILES_PER_MESSAGE = 4
+MAX_VIDEOS_PER_MESSAGE = 2
+MAX_MESSAGE_BYTES = 400 * MIB
+
+# A live turn may take what one upload may: half of the positions, so that, the older turns dropped, the
+# answer still has the other half. It is ended a little before that: its last window and its closing go in
+# after the bound is seen.
+LIVE_TURN_SHARE = 0.45
+# Per 2 s live window: <|audio_bos|>, <|audio_eos|>, and with the camera <|vision_bos|>, <|vision_eos|>.
+LIVE_WINDOW_MARKERS = 4
+# smart_resize rounds each side of a frame to whole patches: a frame can cost this much more than its pixels.
+FRAME_ROUNDING_MARGIN = 1.15
+MEL_FRAMES_PER_SECOND = 100  # the audio features' 10 ms hop
+
+
+def live_turn_seconds(processor, max_positions: int, camera_pixels: int = 0) -> float:
+    """The longest live turn, in seconds, that stays within `LIVE_TURN_SHARE` of `max_positions`: audio at the
+    processor's own token rate (averaged over 8 s, Qwen3-Omni's encoder group) and, with the camera, one frame
+    pair a second (2 fps) of at most `camera_pixels`."""
+    per_second = processor.audio_tokens(8 * MEL_FRAMES_PER_SECOND) / 8 + LIVE_WINDOW_MARKERS / 2
+    if camera_pixels:
+        video = processor.video_processor
+        per_second += FRAME_ROUNDING_MARGIN * camera_pixels / (video.patch_size * video.merge_size) ** 2
+    return LIVE_TURN_SHARE * max_positions / per_second

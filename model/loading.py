@@ -25,6 +25,7 @@ GIB = 1024**3
 # Free GPU memory that `--model auto` asks for before choosing a size: the official minimum for a 15 s
 # video (bf16, flash-attention 2: 7B 31 GB, 3B 18 GB) with the float32 vocoder and some headroom.
 AUTO_MIN_FREE_GIB = {Q3.HUB_ID: Q3.MIN_FREE_GIB, C.HUB_7B: 34.0, C.HUB_3B: 20.0}
+ZERO_GPU_SIZE_VARIABLE = "OMNI_DEMO_GPU_SIZE"  # "xlarge": `auto` on ZeroGPU takes Qwen3-Omni (the whole card)
 TINY = "tiny"
 TINY_QWEN3 = "tiny-qwen3-omni"
 TINY_VERSION = "v2"  # bump when model/tiny.py changes what it writes, so cached copies are rebuilt
@@ -120,8 +121,10 @@ def choose_model(spec: str, device: torch.device) -> str:
         return spec
     if device.type != "cuda":
         return TINY
-    if os.environ.get("SPACES_ZERO_GPU"):  # a ZeroGPU slice (H200) is attached per call: no memory to query
-        return C.HUB_7B
+    if os.environ.get("SPACES_ZERO_GPU"):  # a GPU is attached per call: no memory to query, a size to ask for
+        # Half a card (48 GB, the default) holds the 7B; Qwen3-Omni's 65.7 GiB need the whole one (96 GB, twice
+        # the quota), which the Space asks for with the variable OMNI_DEMO_GPU_SIZE=xlarge.
+        return Q3.HUB_ID if os.environ.get(ZERO_GPU_SIZE_VARIABLE) == "xlarge" else C.HUB_7B
     free_bytes, _ = torch.cuda.mem_get_info(device)
     for hub_id, needed_gib in AUTO_MIN_FREE_GIB.items():
         if free_bytes >= needed_gib * GIB:

@@ -10,6 +10,13 @@ streams the answer. It hands the history out after the prefill and again at the 
 keeps the first, with the answer's ids as they streamed. It must be called from a Gradio handler's own
 thread (ZeroGPU finds the user's request there), never from the model worker: `ZeroGpuModel.answer` runs
 in `follow`.
+
+An exception inside the call reaches the caller as `gr.Error(<its class name>, title="ZeroGPU worker
+error")`, its message lost (spaces/zero/wrappers.py), so an input the model refuses comes out of the call
+as a value, `TurnRefused`, with the message meant for the user.
+
+The call asks for the GPU the model needs (`spaces.GPU(size=...)`): half a card, 48 GB, unless the weights
+leave too little of it for the caches, then the whole card (96 GB, twice the quota).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import gradio as gr
 import numpy as np
 
 from model.conversation import Part
@@ -29,27 +37,52 @@ from model.session import OmniSession
 from omni_demo.tab_model import TabModel
 from omni_demo.view import Answer
 
-# The one model of this process: the forked ZeroGPU worker reaches it without pickling it.
+# The one model of this process (the forked ZeroGPU worker reaches it without pickling it), and its GPU call.
 _loaded = None
+run_turn = None
 
 MAX_GPU_SECONDS = 240  # ZeroGPU refuses long reservations; a turn is a few minutes at most
+GIB = 1024**3
+# ZeroGPU's half card ("large", the default): 48 GB. The weights must leave this much of it for the caches,
+# activations and the vocoder, or the call asks for the whole card ("xlarge", 96 GB).
+LARGE_GPU_GIB = 48e9 / GIB
+HEADROOM_GIB = 10.0
+WORKER_ERROR_TITLE = "ZeroGPU worker error"  # the title `spaces` gives an exception raised inside the call
 
 
 def on_zero_gpu() -> bool:
     return bool(os.environ.get("SPACES_ZERO_GPU"))
 
 
+def weights_gib(model) -> float:
+    return sum(p.numel() * p.element_size() for p in model.parameters()) / GIB
+
+
+def gpu_size(model) -> str:
+    """The ZeroGPU size the model needs: "large" (half a card) or "xlarge" (the whole one)."""
+    return "large" if weights_gib(model) + HEADROOM_GIB <= LARGE_GPU_GIB else "xlarge"
+
+
 def serve(loaded) -> None:
-    global _loaded
+    """Makes `loaded` the model of the GPU calls, each asking for the size it needs."""
+    global _loaded, run_turn
     _loaded = loaded
+    run_turn = gpu(duration=turn_seconds, size=gpu_size(loaded.model))(answer_turn)
 
 
-def gpu(duration):
+def gpu(duration, size: str):
     try:
         import spaces
     except ImportError:  # `spaces` is only needed on Spaces
         return lambda function: function
-    return spaces.GPU(duration=duration)
+    return spaces.GPU(duration=duration, size=size)
+
+
+@dataclass(frozen=True)
+class TurnRefused:
+    """The model refused the turn's input (too long, an unknown voice): the message for the user."""
+
+    message: str
 
 
 @dataclass
@@ -62,6 +95,7 @@ class TurnRequest:
     audio: np.ndarray | None = None  # a voice turn: 16 kHz mono ...
     frames: list[tuple[np.ndarray, float]] = field(default_factory=list)  # ... and its camera frames
     parts: list[Part] | None = None  # a typed or uploaded turn
+    max_positions: int | None = None  # what the conversation may use (default: the model's)
 
 
 def turn_seconds(request: TurnRequest) -> int:
@@ -75,23 +109,28 @@ def turn_seconds(request: TurnRequest) -> int:
     return int(min(MAX_GPU_SECONDS, 20 + 0.1 * (media_seconds(request.history) + turn) + answer))
 
 
-@gpu(duration=turn_seconds)
-def run_turn(request: TurnRequest) -> Iterator:
-    """The conversation's history with the user's turn in it, then the answer's events (TextDelta,
-    AudioChunk, ...; the history again after a ContextTrimmed), then the history with the answer."""
+def answer_turn(request: TurnRequest) -> Iterator:
+    """The GPU call's body: the conversation's history with the user's turn in it, then the answer's events
+    (TextDelta, AudioChunk, ...; the history again after a ContextTrimmed), then the history with the answer.
+    An input the model refuses gives `TurnRefused` instead, and nothing more."""
     # ZeroGPU does not support torch.compile (its documentation): the growing cache, decoded eagerly.
-    session = OmniSession(_loaded, system_prompt=request.system_prompt, decode="growing")
-    session.restore(request.history)
-    if request.parts is not None:
-        session.add_user_turn(*request.parts)
-    else:
-        session.feed(request.audio, request.frames)
-        session.end_user_turn()
-    yield session.history
-    for event in session.respond(request.settings):
-        yield event
-        if isinstance(event, ContextTrimmed):
-            yield session.history
+    session = OmniSession(_loaded, system_prompt=request.system_prompt, decode="growing",
+                          max_positions=request.max_positions)
+    try:
+        session.restore(request.history)
+        if request.parts is not None:
+            session.add_user_turn(*request.parts)
+        else:
+            session.feed(request.audio, request.frames)
+            session.end_user_turn()
+        yield session.history
+        for event in session.respond(request.settings):
+            yield event
+            if isinstance(event, ContextTrimmed):
+                yield session.history
+    except ValueError as error:  # refused input: its message would not cross the boundary as an exception
+        yield TurnRefused(str(error))
+        return
     yield session.history
 
 
@@ -134,15 +173,17 @@ class ZeroGpuModel(TabModel):
             history, conversation = list(self._records), self._conversation
         request = TurnRequest(history, self.system_prompt, answer.settings,
                               turn.whole_audio() if turn is not None else None,
-                              list(turn.frames) if turn is not None else [], answer.parts)
+                              list(turn.frames) if turn is not None else [], answer.parts, self.max_positions)
         self.view.open_answer(answer)
         yield
-        history = None  # as the call hands it out
+        history, final = None, False  # as the call hands it out; `final`: the one after the answer
         calls = run_turn(request)
         try:
             for item in calls:
+                if isinstance(item, TurnRefused):
+                    raise ValueError(item.message)
                 if isinstance(item, list):
-                    history = item
+                    history, final = item, answer.done is not None
                     continue
                 self.view.show(answer, item, time.time() - answer.timing.turn_end_wall)
                 yield
@@ -153,7 +194,7 @@ class ZeroGpuModel(TabModel):
             return
         finally:
             calls.close()
-        if answer.done is None and history is not None:  # cut off
+        if not final and history is not None:  # cut off, perhaps after its last event: the ids as they streamed
             history = [*history, AnswerTurn(list(answer.tokens))]
         with self._lock:
             if history is not None and conversation == self._conversation and not answer.retracted:
@@ -161,10 +202,10 @@ class ZeroGpuModel(TabModel):
                 self._records, self._kept = history, (answer, len(history) - 2)
         self._close(answer)
 
-    def clear(self) -> Iterator[None]:
+    def clear(self, files) -> Iterator[None]:
         with self._lock:
             self._records, self._conversation, self._kept = [], self._conversation + 1, None
-        yield from super().clear()
+        yield from super().clear(files)
 
     def set_system_prompt(self, system_prompt: str) -> Iterator[None]:
         self.system_prompt = system_prompt  # the next call rebuilds the caches with it
@@ -172,6 +213,16 @@ class ZeroGpuModel(TabModel):
 
     def prefill_failed(self, error: BaseException) -> None:
         raise RuntimeError("on ZeroGPU nothing is prefilled between calls")
+
+    @staticmethod
+    def failure_message(error: BaseException) -> str:
+        """`spaces` raises a failure inside the call as gr.Error(<class name>, title=WORKER_ERROR_TITLE) and its
+        own refusals (the quota, a duration too long) as gr.Error with a message for the user."""
+        if isinstance(error, gr.Error) and error.title == WORKER_ERROR_TITLE:
+            return f"The model failed on this turn ({error.message}). Your conversation is kept; try again."
+        if isinstance(error, gr.Error):
+            return error.message
+        return TabModel.failure_message(error)
 
     def _keep_in_memory(self, keep: int) -> None:
         with self._lock:

@@ -41,6 +41,8 @@ class HeardTurn:
     samples: int = 0
     frames: list[tuple[np.ndarray, float]] = field(default_factory=list)  # (RGB frame, seconds into the turn)
     confirmed: bool = False
+    index: int | None = None  # its number on the page, once it has ended (a continued turn keeps it)
+    limit_reached: bool = False  # ended at the longest turn the model can answer: it cannot be continued
     entries: list[dict] = field(default_factory=list)  # its messages in the chat, once it has ended
     sent_chunks: int = 0  # chunks and frames already taken for the model
     sent_samples: int = 0
@@ -63,10 +65,23 @@ class HeardTurn:
         return self.start + self.samples
 
 
+@dataclass(frozen=True)
+class TurnLimit:
+    """The longest turn the model can still answer (model.limits.live_turn_seconds), without and with the camera."""
+
+    voice_seconds: float
+    camera_seconds: float
+
+    def reached(self, turn: HeardTurn) -> bool:
+        return turn.seconds >= (self.camera_seconds if turn.frames else self.voice_seconds)
+
+
 class Listener:
-    def __init__(self, vad=None, settings: TurnSettings = TurnSettings()):
+    def __init__(self, vad=None, settings: TurnSettings = TurnSettings(), limit: TurnLimit | None = None):
+        """`limit`: a turn that reaches it is ended there (TurnEnded with `limit_reached`), speech or not."""
         self._resampler = MicResampler()
         self._detector = TurnDetector(vad, settings)
+        self.limit = limit
         self._recent: deque[tuple[int, np.ndarray]] = deque()  # (first sample, audio), the last RECENT_SECONDS
         self._recent_frames: deque[tuple[np.ndarray, int]] = deque()  # (frame, sample clock when it came)
         self.samples_in = 0  # the microphone stream's 16 kHz sample clock
@@ -110,6 +125,11 @@ class Listener:
                     continue
                 if self.turn is not None:
                     events.append((event, self.turn))
+            turn = self.turn
+            if turn is not None and turn.confirmed and self.limit is not None and self.limit.reached(turn):
+                self._detector.reset()  # speech that goes on is a new turn
+                turn.limit_reached, self.turn = True, None
+                events.append((TurnEnded(self.samples_in, self.samples_in, turn.seconds, limit_reached=True), turn))
             return events
 
     def see(self, frame: np.ndarray) -> None:

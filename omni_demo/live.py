@@ -19,6 +19,7 @@ there a `ZeroGpuModel` keeps the conversation as its history instead of caches.
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 import threading
@@ -35,10 +36,11 @@ from model import constants as C
 from model.conversation import Part, Text
 from model.engine.events import AnswerSettings
 from model.engine.sampling import TALKER_DEFAULT, Sampling
-from model.limits import UserInputError
+from model.limits import UserInputError, live_turn_seconds
 from model.message import parts_from_message
+from omni_demo.capture import CAMERA_MAX_PIXELS
 from omni_demo.gpu import ZeroGpuModel
-from omni_demo.listener import HeardTurn, Listener
+from omni_demo.listener import HeardTurn, Listener, TurnLimit
 from omni_demo.playback import PlayerFeed
 from omni_demo.playout import PlaybackClock, SpeechPace
 from omni_demo.tab_model import TabModel
@@ -94,8 +96,9 @@ class ChatSettings:
 class LiveSession:
     def __init__(self, key: str, loaded, worker: ModelWorker, vad=None, zero_gpu: bool = False,
                  turn_timeout_s: float = TURN_TIMEOUT_S, settings: ChatSettings | None = None,
-                 pace: SpeechPace | None = None):
-        """`pace`: the server's, shared by its tabs (one model makes everyone's speech)."""
+                 pace: SpeechPace | None = None, max_positions: int | None = None):
+        """`pace`: the server's, shared by its tabs (one model makes everyone's speech). `max_positions`: what
+        a conversation may use (default: the model's)."""
         self.key = key
         self.loaded = loaded
         self.worker = worker
@@ -106,12 +109,15 @@ class LiveSession:
         self.directory = Path(tempfile.mkdtemp(prefix="omni-demo-session-"))
         self.closed = False
         self.view = TabView(pace)
-        self.listener = Listener(vad, TurnSettings(silence_seconds=self.settings.silence_seconds))
+        self.listener = Listener(vad, TurnSettings(silence_seconds=self.settings.silence_seconds),
+                                 turn_limit(loaded, max_positions))
         model_class = ZeroGpuModel if zero_gpu else TabModel
         self.model = model_class(key, loaded, self.view, self.directory, self.settings.system_prompt, turn_timeout_s,
-                                 closed=lambda: self.closed)
+                                 closed=lambda: self.closed, max_positions=max_positions)
         self._mic = threading.Lock()  # one microphone chunk at a time, in order (handlers only)
         self._answers = 0
+        self._turns = 0  # turns on the page since it was last cleared (under the view's lock)
+        self._stems = itertools.count(1)  # each turn's files: never reused, so no file of the tab is overwritten
 
     @property
     def turn_timeout_s(self) -> float:
@@ -137,6 +143,11 @@ class LiveSession:
     @property
     def timings(self) -> list[TurnTiming]:
         return self.view.timings
+
+    @property
+    def busy(self) -> bool:
+        """Something is in flight: the user speaking, an answer being made or played, model work queued."""
+        return self.hearing or self.answering or self._playing() or self.worker.place(self.key) is not None
 
     @property
     def answering(self) -> bool:
@@ -197,7 +208,8 @@ class LiveSession:
                 self.view.chat.append({"role": "user", "content": {"path": path}})
             if any(isinstance(p, Text) for p in parts):
                 self.view.chat.append({"role": "user", "content": parts[-1].text})
-        self._start_answer(TurnTiming(len(self.view.timings) + 1, "typed", time.time()), parts=parts)
+            index = self._next_turn()
+        self._start_answer(TurnTiming(index, "typed", time.time()), self._stem(index), parts=parts)
         return None
 
     def stop(self) -> None:
@@ -207,9 +219,10 @@ class LiveSession:
     def clear(self) -> None:
         self._cut_in()
         self.listener.forget_turn()
+        files = list(self.directory.iterdir())  # what the conversation has now: later files are the next one's
         with self.view:
-            self.view.chat, self.view.timings = [], []
-            self.worker.submit(self.key, self.model.clear())
+            self.view.chat, self.view.timings, self._turns = [], [], 0
+            self.worker.submit(self.key, self.model.clear(files))
 
     def update(self, **settings) -> None:
         """Settings from the page's controls; a new system prompt is applied to the conversation so far."""
@@ -266,33 +279,50 @@ class LiveSession:
 
     # ------------------------------------------------------------------ turns and answers
 
+    def _next_turn(self) -> int:
+        """A new turn's number on the page (under the view's lock): taken when the turn is made, so a message
+        sent while an answer still runs gets the next one, not that answer's."""
+        self._turns += 1
+        return self._turns
+
+    def _stem(self, index: int) -> str:
+        return f"turn-{index}-{next(self._stems)}"
+
     def _end_turn(self, event: TurnEnded, turn: HeardTurn) -> None:
         """The user's voice turn ended: its clip and thumbnail (written here, outside every lock), then the answer."""
         now = time.time()
-        index = len(self.view.timings) + 1
-        clip = self.directory / f"turn-{index}-you.wav"
+        if turn.index is None:  # a continued turn keeps its number
+            with self.view.lock:
+                turn.index = self._next_turn()
+        stem = self._stem(turn.index)
+        clip = self.directory / f"{stem}-you.wav"
         soundfile.write(clip, turn.whole_audio(), C.INPUT_SAMPLE_RATE)
         entries = [{"role": "user", "content": {"path": str(clip)}}]
         label = f"🎙️ {turn.seconds:.1f} s"
         if turn.frames:
-            thumbnail = self.directory / f"turn-{index}-camera.jpg"
+            thumbnail = self.directory / f"{stem}-camera.jpg"
             PILImage.fromarray(turn.frames[0][0]).resize(THUMBNAIL_SIZE).save(thumbnail, quality=80)
             entries.append({"role": "user", "content": {"path": str(thumbnail)}})
             label += f" · 📷 {len(turn.frames)} frames"
         entries.append({"role": "user", "content": label})
+        if event.limit_reached:
+            entries.append({"role": "assistant", "metadata": {"title": "ℹ️ Turn ended"}, "content":
+                            f"Your turn reached the longest the model can take in one go ({turn.seconds:.0f} s), so "
+                            "it was ended there and is answered now. Pause now and then to let the model answer."})
         with self.view:
             self.view.chat.extend(entries)
             turn.entries = entries
         speech_end = now - (self.listener.samples_in - event.speech_end) / C.INPUT_SAMPLE_RATE
-        self._start_answer(TurnTiming(index, "voice", now, speech_end_wall=speech_end), turn=turn)
+        self._start_answer(TurnTiming(turn.index, "voice", now, speech_end_wall=speech_end), stem, turn=turn)
 
-    def _start_answer(self, timing: TurnTiming, turn: HeardTurn | None = None, parts: list[Part] | None = None) -> None:
+    def _start_answer(self, timing: TurnTiming, stem: str, turn: HeardTurn | None = None,
+                      parts: list[Part] | None = None) -> None:
         rest = self.listener.take_unsent(turn) if turn is not None else None
         with self.view:
             self._answers += 1
             pace = self.view.pace.current()
             answer = Answer(timing, self.settings.answer_settings(), PlayerFeed(self._answers, pace),
-                            PlaybackClock(pace), turn=turn, parts=parts)
+                            PlaybackClock(pace), stem=stem, turn=turn, parts=parts)
             self.view.answer = answer
             if not self.zero_gpu:  # on ZeroGPU, `follow` runs it in a GPU call
                 self.worker.submit(self.key, self.model.answer(answer, rest))
@@ -303,6 +333,8 @@ class LiveSession:
         with self.view.lock:
             answer = self.view.answer
             if answer is None or answer.turn is None or answer.retracted or answer.heard_at_stop is not None:
+                return False
+            if answer.turn.limit_reached or (answer.text_only and answer.finished):  # a text answer read in full
                 return False
             paused = (turn.start - answer.turn.end) / C.INPUT_SAMPLE_RATE
             if paused > self.settings.continue_seconds or answer.clock.heard() > 0:
@@ -340,3 +372,10 @@ class LiveSession:
                 return None
             answer.message = {}  # taken: `open_answer` fills it
             return answer
+
+
+def turn_limit(loaded, max_positions: int | None = None) -> TurnLimit:
+    """The longest live turn the model can answer, by `model.limits.live_turn_seconds`."""
+    positions = max_positions or loaded.model.thinker.config.text_config.max_position_embeddings
+    return TurnLimit(live_turn_seconds(loaded.processor, positions),
+                     live_turn_seconds(loaded.processor, positions, CAMERA_MAX_PIXELS))

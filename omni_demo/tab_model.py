@@ -30,7 +30,8 @@ MIN_CLIP_SECONDS = 0.1  # an answer cut off before this much of it was heard kee
 
 class TabModel:
     def __init__(self, name: str, loaded, view: TabView, directory: Path, system_prompt: str, turn_timeout_s: float,
-                 closed: Callable[[], bool]):
+                 closed: Callable[[], bool], max_positions: int | None = None):
+        """`max_positions`: the positions a conversation may use (default: the model's)."""
         self.name = name  # the tab's, for the console
         self.loaded = loaded
         self.view = view
@@ -38,6 +39,7 @@ class TabModel:
         self.system_prompt = system_prompt
         self.turn_timeout_s = turn_timeout_s
         self.closed = closed
+        self.max_positions = max_positions
         self._engine: OmniSession | None = None
         # The live turn being heard, as it was handed over: given again after a failed prefill, so the model
         # still hears the whole turn.
@@ -52,7 +54,8 @@ class TabModel:
 
     def _ready(self) -> OmniSession:
         if self._engine is None:
-            self._engine = OmniSession(self.loaded, system_prompt=self.system_prompt, interrupt=self._interrupt)
+            self._engine = OmniSession(self.loaded, system_prompt=self.system_prompt, interrupt=self._interrupt,
+                                       max_positions=self.max_positions)
         return self._engine
 
     @property
@@ -113,9 +116,11 @@ class TabModel:
         self._keep_heard(answer, heard_seconds)
         yield
 
-    def clear(self) -> Iterator[None]:
-        self._engine, self._heard = None, []  # a fresh conversation; the old caches are freed
-        for path in self.directory.iterdir():
+    def clear(self, files: list[Path]) -> Iterator[None]:
+        """A fresh conversation; the old caches are freed, and the files the old one had when the user asked
+        (`files`: a clip written since, while this job waited, belongs to the new one)."""
+        self._engine, self._heard = None, []
+        for path in files:
             path.unlink(missing_ok=True)
         yield
 
@@ -124,6 +129,7 @@ class TabModel:
         if self._engine is not None:
             self._engine.system_prompt = system_prompt
             self._engine.restore(self._engine.history)
+            self._heard_lost = bool(self._heard)  # the restore dropped the turn being heard: give it again, whole
         yield
 
     def prefill_failed(self, error: BaseException) -> None:
@@ -137,15 +143,21 @@ class TabModel:
         log.error("model job failed", exc_info=error)
         self._heard = []
         self._rebuild(self._without_open_turn(self.history[:history_start]), error)
-        if isinstance(error, ValueError):  # the input was refused (too long for the model, ...)
-            message = str(error)
-        else:
-            message = f"The model failed on this turn ({type(error).__name__}). Your conversation is kept; try again."
         if answer is not None:
             with self.view:
-                answer.finished = True
+                # The page stops playing it, so its clock stops too: nothing of it plays on, and a later Stop or
+                # cut-in finds nothing to cut (the answer is not in the model's memory).
+                answer.finished = answer.failed = True
                 answer.feed.stop()
-        self.view.say_error(message)
+                answer.clock.stop()
+        self.view.say_error(self.failure_message(error))
+
+    @staticmethod
+    def failure_message(error: BaseException) -> str:
+        """What the user reads when a turn fails."""
+        if isinstance(error, ValueError):  # the input was refused (too long for the model, an unknown voice, ...)
+            return str(error)
+        return f"The model failed on this turn ({type(error).__name__}). Your conversation is kept; try again."
 
     # ------------------------------------------------------------------ helpers
 
@@ -184,7 +196,7 @@ class TabModel:
         """The answer is complete (or was cut off): its timings, its clip, and what of it was heard."""
         speech = self.view.end_answer(answer, time.time() - answer.timing.turn_end_wall)
         if speech is not None:
-            clip = self.directory / f"turn-{answer.timing.index}-answer.wav"
+            clip = self.directory / f"{answer.stem}-answer.wav"
             soundfile.write(clip, speech, C.OUTPUT_SAMPLE_RATE)
             answer.clip = clip
         if answer.heard_at_stop is not None and not answer.retracted:
@@ -199,6 +211,8 @@ class TabModel:
 
     def _keep_heard(self, answer: Answer, heard_seconds: float) -> None:
         """Cuts the answer, in the model's memory, in the chat and in its clip, to what the user heard."""
+        if answer.failed:  # never reached the model's memory (its last answer is an earlier one): nothing to cut
+            return
         keep = heard_tokens(answer, heard_seconds)
         self._keep_in_memory(keep)
         kept = self.loaded.processor.tokenizer.decode(answer.tokens[:keep], skip_special_tokens=True)

@@ -53,6 +53,7 @@ class TurnEnded:
     speech_end: int  # sample where the last voiced window ended
     at: int  # sample where the silence was long enough
     voiced_seconds: float
+    limit_reached: bool = False  # ended by the listener at the longest turn the model can answer, not by a pause
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from model import constants as C
 from omni_demo import gpu
 from omni_demo.live import ChatSettings
 from omni_demo.playback import player_script
-from omni_demo.sessions import SessionClosed, Sessions
+from omni_demo.sessions import PAGELESS_IDLE_SECONDS, SessionClosed, SessionRefused, Sessions
 from omni_demo.timings import STAGES, chart, figures, summary
 from omni_demo.view import View
 from omni_demo.worker import ModelWorker
@@ -77,9 +77,13 @@ def _render(view: View, new_figures: str | None) -> tuple:
     return view.chat, view.player, view.status, last, new_figures, chart(view.timings)
 
 
-def build_app(loaded, max_active: int = 2, zero_gpu: bool | None = None, defaults: ChatSettings | None = None) -> App:
+def build_app(loaded, max_active: int = 2, zero_gpu: bool | None = None, defaults: ChatSettings | None = None,
+              pageless_idle_seconds: float = PAGELESS_IDLE_SECONDS) -> App:
     """The page around `loaded`. On ZeroGPU (found from the environment unless told) each turn is one GPU
-    call made by the `follow` event; elsewhere the model worker runs everything."""
+    call made by the `follow` event; elsewhere the model worker runs everything.
+
+    `send`, `stop` and `clear` are also an API (gradio_client); a conversation that no page opened expires
+    after `pageless_idle_seconds` without an event, and only so many exist at once (omni_demo/sessions.py)."""
     zero_gpu = gpu.on_zero_gpu() if zero_gpu is None else zero_gpu
     gpu.serve(loaded)
     worker = ModelWorker(max_active=max_active)
@@ -89,7 +93,7 @@ def build_app(loaded, max_active: int = 2, zero_gpu: bool | None = None, default
     def pace_queue(open_tabs: int) -> None:
         demo._queue.sleep_when_free = QUEUE_POLL_SECONDS["tabs open" if open_tabs else "no tab open"]
 
-    sessions = Sessions(loaded, worker, zero_gpu, defaults, on_count=pace_queue)
+    sessions = Sessions(loaded, worker, zero_gpu, defaults, on_count=pace_queue, idle_seconds=pageless_idle_seconds)
     counter = itertools.count(1)  # values for the hidden trigger: each bump must differ from the last
 
     def session(request: gr.Request):
@@ -98,6 +102,8 @@ def build_app(loaded, max_active: int = 2, zero_gpu: bool | None = None, default
         except SessionClosed:
             raise gr.Error("This conversation was closed: the page lost its connection to the server. "
                            "Reload the page to start a new one.") from None
+        except SessionRefused as refused:
+            raise gr.Error(str(refused)) from None
 
     def on_mic(chunk, request: gr.Request):
         if chunk is None:
@@ -147,6 +153,9 @@ def build_app(loaded, max_active: int = 2, zero_gpu: bool | None = None, default
         prompt = (prompt or "").strip() or family.system_prompt
         session(request).update(system_prompt=prompt)
         return gr.Markdown(visible=family.prompt_is_fixed and prompt != family.system_prompt)
+
+    def on_load(request: gr.Request):
+        sessions.page_loaded(request.session_hash)
 
     def on_unload(request: gr.Request):
         sessions.close(request.session_hash)
@@ -235,8 +244,11 @@ def build_app(loaded, max_active: int = 2, zero_gpu: bool | None = None, default
                                       (silence, "silence_seconds", float), (resume, "continue_seconds", float),
                                       (seed, "seed", seed_value)):
             component.change(setter(name, kind), [component], None, concurrency_limit=None, api_visibility="private")
-        system_prompt.change(on_system_prompt, [system_prompt], [prompt_warning], concurrency_limit=None,
-                             api_visibility="private")
+        # Once the prompt is written (Enter or leaving the box), not at every keystroke: each change rebuilds the
+        # conversation's caches under the new prompt.
+        for done in (system_prompt.submit, system_prompt.blur):
+            done(on_system_prompt, [system_prompt], [prompt_warning], concurrency_limit=None, api_visibility="private")
+        demo.load(on_load, api_visibility="private")
         demo.unload(on_unload)
     # Handlers only buffer and return; the model runs on the app's own worker, so Gradio's queue need not
     # serialise anything.

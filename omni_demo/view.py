@@ -22,6 +22,7 @@ from model.engine.events import (
     AnswerSettings,
     AudioChunk,
     ContextTrimmed,
+    SpeechPending,
     TextDelta,
 )
 from omni_demo.listener import HeardTurn
@@ -42,8 +43,10 @@ class Answer:
     settings: AnswerSettings
     feed: PlayerFeed
     clock: PlaybackClock = field(default_factory=PlaybackClock)
+    stem: str = "answer"  # its files' names begin so: unique within the tab, across clears
     message: dict | None = None  # its text in the chat
     finished: bool = False
+    failed: bool = False  # the model failed on it: it is not in the model's memory
     stop_requested: bool = False
     retracted: bool = False  # the user went on with their turn before hearing any of it: it leaves no trace
     heard_at_stop: float | None = None  # seconds of speech heard when the user cut in
@@ -136,6 +139,8 @@ class TabView:
 
     def show(self, answer: Answer, event, elapsed: float) -> None:
         """One event of the answer; `elapsed` is the seconds since the user's turn ended."""
+        if isinstance(event, SpeechPending):  # nothing to show
+            return
         timing = answer.timing
         with self:
             if answer.retracted:

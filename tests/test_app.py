@@ -183,3 +183,50 @@ def test_the_queue_keeps_gradios_pace_while_a_tab_is_open(live_app):
     app.sessions.close("a tab being opened")
     if open_before == 0:
         assert queue.sleep_when_free == QUEUE_POLL_SECONDS["no tab open"]
+
+
+def test_conversations_opened_over_the_api_without_a_page_expire_and_are_bounded(loaded):
+    """A script that POSTs to /gradio_api/call/send has no page and no heartbeat, so Gradio never unloads its
+    sessions: they expire once idle (here after 1 s), at most `max_pageless` exist at once, and a page's
+    session is never expired (it ends with its heartbeat)."""
+    from dataclasses import replace
+
+    from conftest import free_port
+
+    from omni_demo.live import ChatSettings
+    from omni_demo.ui import build_app
+
+    short = replace(ChatSettings.for_model(loaded), text_only=True, max_new_tokens=8)
+    app = build_app(loaded, defaults=short, pageless_idle_seconds=1.0)
+    _, url, _ = app.demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        app.sessions.page_loaded("a-page")
+        page = app.sessions.get("a-page")
+        for i in range(5):
+            assert "event: complete" in call_send(url, f"Hello number {i}")
+        opened = [s for s in app.sessions.open() if s is not page]
+        assert len(opened) == 5
+        deadline = time.monotonic() + 60
+        while len(app.sessions) > 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert app.sessions.open() == [page]  # the five expired once their answers were done; the page's stays
+        assert all(s.closed and not s.directory.exists() for s in opened)
+        app.sessions.max_pageless = 2
+        replies = [call_send(url, f"Hello again {i}") for i in range(3)]
+        assert ["event: complete" in r for r in replies] == [True, True, False]
+        assert "takes no more" in replies[2]
+    finally:
+        app.demo.close()
+        app.sessions.close_all()
+        app.worker.stop()
+
+
+def call_send(url: str, text: str) -> str:
+    """One call of the `send` event as a script makes it: POST, then read its result stream."""
+    body = json.dumps({"data": [{"text": text, "files": []}]}).encode()
+    request = urllib.request.Request(url.rstrip("/") + "/gradio_api/call/send", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request) as response:
+        event_id = json.loads(response.read())["event_id"]
+    with urllib.request.urlopen(f"{url.rstrip('/')}/gradio_api/call/send/{event_id}") as response:
+        return response.read().decode()

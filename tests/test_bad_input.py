@@ -352,3 +352,31 @@ def test_video_frames_over_the_pixel_limit_are_refused_from_the_header(tmp_path,
     message = r"^This video is 4096x2304, 9 megapixels; the limit is 8 megapixels \(8k.mp4\)\.$"
     with pytest.raises(MediaError, match=message):
         load_video(tmp_path / "8k.mp4")
+
+
+def test_a_message_with_too_many_files_or_too_much_is_refused_before_any_is_opened(tmp_path, monkeypatch, assets):
+    """Every file of a message is decoded and held before the model sees any: the count and the total size
+    are checked before any file is opened, the number of videos from the headers before any is decoded."""
+    from model import message
+
+    monkeypatch.setattr(media.Image, "open", lambda *a, **k: pytest.fail("opened"))
+    monkeypatch.setattr(media.av, "open", lambda *a, **k: pytest.fail("opened"))
+    many = [str(assets / "scene.png")] * (L.MAX_FILES_PER_MESSAGE + 1)
+    with pytest.raises(L.UserInputError, match=rf"^One message can carry at most {L.MAX_FILES_PER_MESSAGE} files; "
+                                               rf"this one has {len(many)}\."):
+        message.parts_from_message("what are these?", many)
+    big = []
+    for i in range(4):
+        path = tmp_path / f"big-{i}.mp4"
+        with open(path, "wb") as f:
+            f.truncate(120 * L.MIB)  # sparse; each under the upload limit, together over the message's
+        big.append(str(path))
+    with pytest.raises(L.UserInputError, match=r"^These files add up to 480.0 MB; one message can carry at most 400 MB"):
+        message.parts_from_message("", big)
+    monkeypatch.undo()
+    decoded = []
+    monkeypatch.setattr(message, "load_video", lambda path: decoded.append(path))
+    videos = [str(assets / "clip_silent.mp4")] * (L.MAX_VIDEOS_PER_MESSAGE + 1)
+    with pytest.raises(L.UserInputError, match=rf"^One message can carry at most {L.MAX_VIDEOS_PER_MESSAGE} videos"):
+        message.parts_from_message("", videos)
+    assert decoded == []

@@ -382,3 +382,38 @@ def test_a_closed_tab_frees_its_session(playwright, live_app):
         assert sum(d.exists() for d in directories) == before - 1  # its recordings and clips are deleted
     finally:
         browser.close()
+
+
+def test_a_system_prompt_typed_in_is_applied_once(playwright, live_app, monkeypatch):
+    """Each application rebuilds the conversation's caches on the shared worker: typing a prompt key by key
+    applies it once, when it is written (the box is left), not at every keystroke."""
+    from omni_demo.tab_model import TabModel
+
+    app, url = live_app
+    applied = []
+    set_system_prompt = TabModel.set_system_prompt
+
+    def counted(self, prompt):
+        applied.append(prompt)
+        return set_system_prompt(self, prompt)
+
+    monkeypatch.setattr(TabModel, "set_system_prompt", counted)
+    browser, page = open_page(playwright, url, max_tokens=16)
+    try:
+        send(page, "Hello")
+        wait_for(page, answers_ended(1), "the first answer")
+        box = page.get_by_label("System prompt")
+        box.click()
+        page.keyboard.press("Control+A")
+        page.keyboard.type("You are a terse assistant.", delay=30)
+        page.wait_for_timeout(1000)  # what a keystroke would have sent has reached the server
+        page.keyboard.press("Tab")
+        deadline = time.monotonic() + 30
+        while not applied and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)
+        assert applied == ["You are a terse assistant."]
+        send(page, "And now?")
+        wait_for(page, answers_ended(2), "the answer under the new prompt")
+    finally:
+        browser.close()

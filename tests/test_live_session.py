@@ -173,23 +173,32 @@ def test_closing_a_tab_stops_its_answer_and_frees_its_files(loaded, worker):
 
 @pytest.fixture
 def zero_gpu_calls(loaded, monkeypatch):
-    """ZeroGPU runs a turn in a forked process: the request and every yield are pickled, and nothing else
-    survives the call. The requests and what each call yielded are recorded."""
+    """ZeroGPU runs a turn in a forked process, as `spaces` 0.51.3 does it (spaces/zero/wrappers.py): the request
+    and every yield are pickled, nothing else survives the call, and an exception raised inside reaches the
+    caller as `gr.Error(<its class name>, title="ZeroGPU worker error")`, its message lost (the package's own
+    `error`). The requests and what each call yielded are recorded."""
     import pickle
+
+    import gradio as gr
+    from spaces.zero.gradio import error
 
     from omni_demo import gpu
 
     calls = []
-    run_turn = gpu.run_turn
+    gpu.serve(loaded)
 
     def forked(request):
         calls.append((request, []))
-        for item in run_turn(pickle.loads(pickle.dumps(request))):
-            calls[-1][1].append(item)
-            yield pickle.loads(pickle.dumps(item))
+        try:
+            for item in gpu.answer_turn(pickle.loads(pickle.dumps(request))):
+                calls[-1][1].append(item)
+                yield pickle.loads(pickle.dumps(item))
+        except gr.Error:
+            raise
+        except Exception as inside:  # noqa: BLE001 - as the package hands it over
+            raise error(gpu.WORKER_ERROR_TITLE, type(inside).__name__) from None
 
     monkeypatch.setattr(gpu, "run_turn", forked)
-    gpu.serve(loaded)
     return calls
 
 
@@ -360,6 +369,8 @@ def test_every_audio_token_of_a_camera_turn_reaches_the_model(loaded, worker, ca
     of the turn's sound (every audio token) and its pictures, however the two streams interleaved."""
     import threading
 
+    from model.engine.session import OmniSession
+
     live = new_session(loaded, worker, text_only=True)
     question = np.concatenate([silence(0.3), speech_48k(), speech_48k(), silence(1.2)])
     pieces = list(chunks(question))
@@ -398,7 +409,14 @@ def test_every_audio_token_of_a_camera_turn_reaches_the_model(loaded, worker, ca
     np.testing.assert_array_equal(record.audio, heard[: len(record.audio)])
     assert len(heard) - len(record.audio) < 321  # at most a tail too short for one token
     assert session.thinker.ids.count(C.AUDIO_TOKEN_ID) == expected_audio_tokens(heard)
-    assert session.windows_redone == 0 or camera_pattern == "from another thread"
+    # Whatever was redone on the way (a frame from another thread can come late), the prompt is the one the
+    # turn's content gives when fed whole.
+    whole = OmniSession(loaded)
+    whole.feed(record.audio, record.frames)
+    whole.end_user_turn()
+    assert session.thinker.ids[: len(whole.thinker.ids)] == whole.thinker.ids
+    if camera_pattern != "from another thread":  # frames in step with the sound: no window is ever redone
+        assert session.windows_redone == 0
 
 
 def test_handlers_never_touch_the_engine(loaded, worker, monkeypatch):
@@ -471,7 +489,9 @@ def test_a_failed_prefill_keeps_the_turn_whole_and_the_last_answer_playing(loade
     live.send("Hello.", [])
     finish(live, worker)
     previous = live.answer
-    previous.clock.add(60.0)  # as if a minute of it were still to play
+    with live.view:
+        previous.clock.add(60.0)  # as if a minute of it were still to play
+    assert live.status().startswith("🔊")
     feed, failures = OmniSession.feed, []
 
     def failing_once(self, audio, frames=()):
@@ -481,11 +501,10 @@ def test_a_failed_prefill_keeps_the_turn_whole_and_the_last_answer_playing(loade
         return feed(self, audio, frames)
 
     monkeypatch.setattr(OmniSession, "feed", failing_once)
-    with live.view:
-        previous.clock.stopped_at = None
     worker.submit(live.key, live.model.feed(speech_48k()[:8000].astype(np.float32) / 32768, []), live.model.prefill_failed)
     assert worker.idle(60) and failures
-    assert not previous.feed.stopped and previous.finished  # still playing; not stopped by the fault
+    # Still playing, on the page and by the server's clock: the fault stopped neither.
+    assert not previous.feed.stopped and previous.clock.stopped_at is None and live.status().startswith("🔊")
     live.clear()  # that piece was no turn the listener heard: start a real one afresh
     failures.clear()
     question = np.concatenate([silence(0.3), speech_48k(), speech_48k(), silence(1.2)])
@@ -506,14 +525,17 @@ def test_a_pause_inside_a_question_keeps_it_one_turn(loaded, worker, spoken):
     from omni_demo.capture import MicResampler
 
     live = new_session(loaded, worker, text_only=not spoken)
+    if not spoken:
+        live.update(max_new_tokens=400)  # a text answer still being written when the user goes on
     first = np.concatenate([silence(0.3), speech_48k(), silence(0.7)])
     assert speak(live, first) == 1  # the pause ended the turn: an answer starts
     retracted = live.answer
-    if not spoken:  # let the answer finish: its text and figures are on the page when the user goes on
+    if not spoken:  # some of its text is on the page when the user goes on
         deadline = time.monotonic() + 60
-        while not retracted.finished and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert retracted.text and live.timings
+        while len(retracted.tokens) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert retracted.text and not retracted.finished
+        live.update(max_new_tokens=8)
     second = np.concatenate([silence(0.2), speech_48k(), silence(1.0)])
     assert speak(live, second) == 1
     finish(live, worker)
@@ -573,15 +595,20 @@ def test_on_zero_gpu_a_pause_inside_a_question_keeps_it_one_turn(loaded, worker,
     assert len(history[0].audio) > len(speech_48k()) * 2 / 3  # both sentences
 
 
-def fast_pace() -> SpeechPace:
-    """A server that has made speech faster than it plays (as on a GPU): a new answer plays from its first
-    chunk, long before it is all made. (On this CPU the player would hold a slow answer's start, up to its end.)"""
+def server_pace(second_chunk_seconds: float, made_after: float) -> SpeechPace:
+    """A server whose last answer was a 1 s chunk, then one of `second_chunk_seconds` made `made_after` later."""
     clock = PlaybackClock()
     clock.add(1.0, arrived=0.0)
-    clock.add(1.0, arrived=0.5)
+    clock.add(second_chunk_seconds, arrived=made_after)
     pace = SpeechPace()
     pace.record(clock, complete=True)
     return pace
+
+
+def fast_pace() -> SpeechPace:
+    """A server that has made speech faster than it plays (as on a GPU): a new answer plays from its first
+    chunk, long before it is all made. (On this CPU the player would hold a slow answer's start, up to its end.)"""
+    return server_pace(1.0, made_after=0.5)
 
 
 def test_speech_after_the_answer_began_playing_cuts_in_even_within_the_grace(loaded, worker):
@@ -692,3 +719,232 @@ def test_each_answer_is_played_by_the_pace_of_the_last_ones_and_reports_when_it_
     assert second.feed.value().startswith(f"answer {second.feed.answer_id} pace {pace.rate:.4f} {pace.length:.3f}\n")
     assert pace.rate == pytest.approx(first.clock.measured_rate(), abs=1e-4)
     assert pace.length == pytest.approx(first.clock.produced, abs=1e-3)
+
+
+def slow_pace() -> SpeechPace:
+    """A server that has made speech far slower than it plays: a new answer's speech is held (up to 30 s) before
+    it plays, so it would still be "playing" long after it was made."""
+    return server_pace(0.01, made_after=10.0)
+
+
+def could_not_answer(live: LiveSession) -> int:
+    return sum(1 for m in live.chat if m.get("metadata", {}).get("title", "").endswith("Could not answer"))
+
+
+def test_a_failure_mid_answer_stops_its_playback_and_a_later_stop_cuts_nothing(loaded, worker):
+    """The model fails after some of an answer's speech was made: its playback stops with it (the page's
+    player was told to stop), and a later Stop finds nothing to cut: the answer before it stays whole in the
+    model's memory, and no second error follows."""
+    live = LiveSession("tab", loaded, worker, pace=slow_pace())
+    live.update(max_new_tokens=8, text_only=True)
+    live.send("First question.", [])
+    finish(live, worker)
+    good = [r.tokens for r in engine(live).history if isinstance(r, AnswerTurn)]
+    session = engine(live)
+    step = session.thinker.step
+
+    def failing_once_speech_is_made(token):
+        if live.answer.chunks:
+            session.thinker.step = step
+            raise RuntimeError("a fault in the decoder")
+        return step(token)
+
+    session.thinker.step = failing_once_speech_is_made
+    live.update(max_new_tokens=400, text_only=False)
+    live.send("Tell me a long story.", [])
+    finish(live, worker)
+    failed = live.answer
+    assert failed.chunks and failed.failed and failed.feed.stopped  # speech had been made, then the fault
+    assert not live.status().startswith("🔊") and failed.clock.playing_until() == 0.0
+    live.stop()
+    assert worker.idle(60)
+    assert [r.tokens for r in engine(live).history if isinstance(r, AnswerTurn)] == good
+    assert could_not_answer(live) == 1
+
+
+def test_on_zero_gpu_a_cut_in_after_the_calls_last_event_keeps_the_answer(loaded, worker, zero_gpu_calls):
+    """The user cuts in just after the answer's last event, before the call hands its final history back: the
+    answer stays in the tab's history, and the next call sees one user turn after another answer."""
+    zero = new_session(loaded, worker, "zero", zero_gpu=True, text_only=True)
+    zero.send("Hello.", [])
+    for _ in zero.follow():
+        if zero.answer.done is not None and not zero.answer.stop_requested:
+            zero.stop()
+    assert zero.answer.stop_requested
+    history = zero.model.history
+    assert kinds(history) == ["user", "answer"] and history[-1].tokens == zero.answer.done.tokens
+    zero.send("And then?", [])
+    list(zero.follow())
+    assert kinds(zero.model.history) == ["user", "answer", "user", "answer"]
+    assert [len(r.history) for r, _ in zero_gpu_calls] == [0, 2]
+
+
+def test_on_zero_gpu_refusals_and_failures_reach_the_user_as_they_would_locally(loaded, worker, zero_gpu_calls,
+                                                                                 monkeypatch):
+    """Through the package's boundary, an exception keeps only its class name: the model's refusals come out
+    of the call as values, its failures are named, and the package's own messages (its quota) are shown."""
+    import gradio as gr
+
+    from omni_demo import gpu
+
+    zero = new_session(loaded, worker, "zero", zero_gpu=True)
+    zero.update(voice="Nobody")
+    zero.send("Hello.", [])
+    list(zero.follow())
+    assert zero.chat[-1]["content"].startswith("Unknown voice 'Nobody'")
+    zero.update(voice="Chelsie", text_only=True)
+    respond = gpu.OmniSession.respond
+
+    def broken(self, settings=None):
+        raise RuntimeError("a fault in the decoder")
+        yield
+
+    monkeypatch.setattr(gpu.OmniSession, "respond", broken)
+    zero.send("Hello again.", [])
+    list(zero.follow())
+    assert zero.chat[-1]["content"].startswith("The model failed on this turn (RuntimeError).")
+    monkeypatch.setattr(gpu.OmniSession, "respond", respond)
+    forked = gpu.run_turn
+
+    def over_quota(request):  # what spaces' scheduler raises before the call starts
+        raise gr.Error("You have exceeded your GPU quota (60s requested vs. 12s left).", title="ZeroGPU quota exceeded")
+        yield
+
+    monkeypatch.setattr(gpu, "run_turn", over_quota)
+    zero.send("And now?", [])
+    list(zero.follow())
+    assert zero.chat[-1]["content"] == "You have exceeded your GPU quota (60s requested vs. 12s left)."
+    monkeypatch.setattr(gpu, "run_turn", forked)
+    zero.send("Finally.", [])
+    list(zero.follow())
+    assert kinds(zero.model.history) == ["user", "answer"] and zero.answer.done is not None
+    assert could_not_answer(zero) == 3
+
+
+def test_a_new_system_prompt_while_the_user_speaks_keeps_the_whole_turn(loaded, worker):
+    """The prompt is applied by rebuilding the caches while part of a voice turn is in them: the turn is given
+    again, whole, so the model hears all of it under the new prompt."""
+    live = new_session(loaded, worker, text_only=True)
+    assert speak(live, np.concatenate([silence(0.3), speech_48k(), speech_48k()])) == 0
+    assert worker.idle(120) and engine(live).live_windows >= 2  # windows of the turn are in the caches
+    live.update(system_prompt="You are brief.")
+    assert speak(live, np.concatenate([speech_48k(), silence(1.2)])) == 1
+    finish(live, worker)
+    session = engine(live)
+    assert session.system_prompt == "You are brief." and kinds(session.history) == ["live", "answer"]
+    record, heard = session.history[0], live.answer.turn.whole_audio()
+    np.testing.assert_array_equal(record.audio, heard[: len(record.audio)])
+    assert len(heard) - len(record.audio) < 321
+    assert session.thinker.ids.count(C.AUDIO_TOKEN_ID) == expected_audio_tokens(heard)
+
+
+def test_a_live_turn_is_ended_while_the_model_can_still_answer_it(loaded, worker):
+    """Someone talks on without a pause long enough to end the turn: the turn is ended at the longest the model
+    can take (half its positions, the uploads' rule), with a notice, and answered; speech that goes on is the
+    next turn. No answer is left without room (one token, "its 0 oldest turns were dropped")."""
+    positions = 600
+    live = LiveSession("long", loaded, worker, max_positions=positions)
+    live.update(max_new_tokens=8, text_only=True, silence_seconds=1.5)
+    talk = np.concatenate([silence(0.3), *[speech_48k()] * 8, silence(2.0)])  # about 25 s, no 1.5 s pause
+    ended = speak(live, talk)
+    finish(live, worker)
+    session = engine(live)
+    turns = [r for r in session.history if isinstance(r, LiveTurn)]
+    notices = [m for m in live.chat if m.get("metadata", {}).get("title") == "ℹ️ Turn ended"]
+    assert ended >= 3 and len(notices) == ended - 1  # ended at the bound, and the last by the pause
+    assert turns and all(r.span <= 0.55 * positions for r in turns)  # about half (with the prompt's head): room to answer
+    assert not any("its 0 oldest" in str(m["content"]) for m in live.chat)
+    last = live.answer
+    assert last.done is not None and not last.done.interrupted and len(last.tokens) >= 2
+
+
+def test_a_message_sent_while_an_answer_plays_gets_its_own_turn_number_and_clip(loaded, worker):
+    import soundfile
+
+    live = LiveSession("tab", loaded, worker, pace=fast_pace())
+    live.update(max_new_tokens=400)
+    live.send("Tell me a long story.", [])
+    first = live.answer
+    deadline = time.monotonic() + 120
+    while first.clock.heard() < 0.3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    live.update(max_new_tokens=8)
+    live.send("And then?", [])  # cuts in on the first answer, whose timing is not written yet
+    finish(live, worker)
+    assert [t.index for t in live.timings] == [1, 2]
+    clips = files(live, "assistant")
+    assert len(clips) == len(set(clips)) == 2 and clips[0] == str(first.clip)
+    assert soundfile.info(clips[0]).duration == pytest.approx(first.heard_at_stop, abs=0.05)
+
+
+def test_clear_deletes_the_files_there_when_it_was_pressed_not_later_ones(loaded, worker):
+    """Clear is pressed while the model is still busy with the tab: a voice turn that ends before the clear
+    runs belongs to the new conversation and keeps its clip."""
+    import threading
+    from pathlib import Path
+
+    live = new_session(loaded, worker, text_only=True)
+    question = np.concatenate([silence(0.3), speech_48k(), silence(1.2)])
+    assert speak(live, question) == 1
+    finish(live, worker)
+    old = files(live, "user")
+    release = threading.Event()
+
+    def still_busy():  # the tab's job still running when Clear is pressed
+        while not release.is_set():
+            time.sleep(0.01)
+            yield
+
+    worker.submit(live.key, still_busy())
+    live.clear()
+    assert speak(live, question) == 1
+    release.set()
+    finish(live, worker)
+    new = files(live, "user")
+    assert new and all(Path(path).exists() for path in new)
+    assert not any(Path(path).exists() for path in old)
+    assert kinds(engine(live).history) == ["live", "answer"]
+
+
+def test_a_text_answer_read_in_full_stays_when_the_user_speaks_on_within_the_grace(loaded, worker):
+    live = new_session(loaded, worker, text_only=True)
+    assert speak(live, np.concatenate([silence(0.3), speech_48k(), silence(0.7)])) == 1
+    read = live.answer
+    deadline = time.monotonic() + 60
+    while not read.finished and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert read.finished and read.text
+    assert speak(live, np.concatenate([silence(0.2), speech_48k(), silence(1.0)])) == 1  # within 1.5 s
+    finish(live, worker)
+    assert not read.retracted and live.answer is not read
+    assert kinds(engine(live).history) == ["live", "answer", "live", "answer"]
+    assert [t.index for t in live.timings] == [1, 2]
+
+
+def test_one_tabs_last_speech_never_holds_another_tabs_answer(loaded, worker, monkeypatch):
+    """Speech on its own thread (the CUDA default, forced here), its chunks held back: while tab A waits for its
+    last speech, the model worker answers tab B."""
+    import threading
+
+    from model.engine import answer as answer_module
+    from model.engine.speech_worker import SpeechWorker
+    from model.engine.token2wav_stream import StreamingToken2Wav
+
+    monkeypatch.setattr(answer_module, "start_speech", lambda stream, threaded=None: SpeechWorker(stream))
+    gate, decode = threading.Event(), StreamingToken2Wav._decode
+    monkeypatch.setattr(StreamingToken2Wav, "_decode", lambda self, plan: gate.wait(300) and decode(self, plan))
+    a, b = new_session(loaded, worker, "a"), new_session(loaded, worker, "b", text_only=True)
+    a.send("Say something.", [])
+    deadline = time.monotonic() + 120
+    while a.answer.done is None and len(a.answer.tokens) < 8 and time.monotonic() < deadline:
+        time.sleep(0.02)  # until A's text is complete: what is left is its speech
+    b.send("Hello.", [])
+    deadline = time.monotonic() + 60
+    while not b.answer.finished and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        assert b.answer.finished and b.answer.text and not a.answer.finished
+    finally:
+        gate.set()
+    finish(a, worker)
+    assert a.answer.chunks and not a.answer.done.interrupted

@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from omni_demo import playout
-from omni_demo.playback import player_script
+from omni_demo.playback import PlayerFeed, player_script
 from omni_demo.playout import LEAD_SECONDS, Pace, PlaybackClock, SpeechPace
 
 
@@ -32,6 +33,14 @@ def play(arrivals, pace: Pace | None, end: bool = True) -> PlaybackClock:
     if end:
         clock.end(at=arrivals[-1][0])
     return clock
+
+
+def fed_milliseconds(made: float) -> str:
+    """The milliseconds the page's feed carries for a chunk the server made `made` seconds after the first:
+    "<line> pcm <ms> <base64>" (omni_demo/playback.py)."""
+    feed = PlayerFeed(1)
+    feed.add(np.zeros(1, np.float32), made)
+    return feed.value().splitlines()[1].split(" ")[2]
 
 
 def earliest_gap_free_start(arrivals) -> float:
@@ -149,13 +158,13 @@ def test_the_page_plans_every_chunk_where_the_server_does(page, pace, gaps, ends
     theirs = page.evaluate(
         """([pace, arrivals, ends]) => {
             const clock = new window.omniPlayer.PlaybackClock(pace);
-            for (const [at, seconds, made] of arrivals) clock.add(seconds, at, made);
+            for (const [at, seconds, made] of arrivals) clock.add(seconds, at, parseInt(made, 10) / 1000);
             if (ends) clock.end(arrivals[arrivals.length - 1][0]);
             return JSON.stringify({starts: clock.starts.map(String), runs: clock.runs});
         }""",
-        # The page gets when each chunk was made from the feed: the server's figure, in milliseconds.
+        # When each chunk was made, as the page reads it: the feed's own line, in milliseconds (player.js).
         [None if pace is None else {"rate": pace.rate, "length": pace.length},
-         [(at, seconds, made) for (at, seconds), made in zip(arrivals, clock.made)], ends],
+         [(at, seconds, fed_milliseconds(made)) for (at, seconds), made in zip(arrivals, clock.made)], ends],
     )
     theirs = json.loads(theirs)
     assert theirs["runs"] == clock.runs

@@ -33,6 +33,11 @@ def speech(loaded):
     return stream
 
 
+def chunks_of(rest) -> list[np.ndarray]:
+    """The chunks `rest` gives, without its "nothing yet" (None)."""
+    return [chunk for chunk in rest if chunk is not None]
+
+
 def no_worker_left() -> bool:
     deadline = time.monotonic() + 5
     while any(t.name == "token2wav" for t in threading.enumerate()) and time.monotonic() < deadline:
@@ -48,7 +53,7 @@ def inline_audio(loaded):
         inline.feed([code])
         chunks += inline.ready()
     inline.finish()
-    chunks += list(inline.rest(threading.Event()))
+    chunks += chunks_of(inline.rest(threading.Event()))
     return chunks
 
 
@@ -65,7 +70,7 @@ def test_the_thread_cuts_the_same_chunks_however_codes_arrive(loaded, inline_aud
                 time.sleep(0.02)  # let the worker run ahead of, or behind, the feeding
             chunks += worker.ready()
         worker.finish()
-        chunks += list(worker.rest(threading.Event()))
+        chunks += chunks_of(worker.rest(threading.Event()))
     finally:
         worker.stop()
     assert worker.ended
@@ -86,11 +91,67 @@ def test_a_worker_error_reaches_the_answer(loaded):
     assert no_worker_left()
 
 
-def test_stop_mid_answer_leaves_no_thread(loaded):
-    worker = SpeechWorker(speech(loaded))
+class GatedChunks:
+    """The real stream, with each chunk's decode held until the test lets it go: what the thread does while a
+    chunk is being made, and how many it starts, can be seen."""
+
+    def __init__(self, stream: StreamingToken2Wav):
+        self.stream, self.started, self.go = stream, threading.Semaphore(0), threading.Event()
+        self.decodes = 0
+        decode = stream._decode
+
+        def gated(plan):
+            self.decodes += 1
+            self.started.release()
+            self.go.wait()
+            return decode(plan)
+
+        stream._decode = gated
+
+
+def test_a_cut_in_waits_for_one_chunk_at_most_not_for_the_backlog(loaded):
+    """Codes far ahead of the speech (300 of them: several chunks ready): stopping the worker while it decodes
+    a chunk lets that one end and starts no other."""
+    gate = GatedChunks(speech(loaded))
+    worker = SpeechWorker(gate.stream)
+    worker.feed((CODES * 3)[:300])
+    worker.finish()
+    assert gate.started.acquire(timeout=60)  # the first chunk is being decoded
+    stopper = threading.Thread(target=worker.stop)
+    stopper.start()
+    time.sleep(0.2)  # the stop is asked for while that chunk is still being made
+    gate.go.set()
+    stopper.join(60)
+    assert not stopper.is_alive() and no_worker_left()
+    assert gate.decodes == 1
+
+
+def test_waiting_for_the_last_chunks_hands_control_back(loaded):
+    """The answer's thread asks for the rest of the speech while a chunk is being made: it gets None (nothing
+    yet) instead of waiting for the chunk, so the thread can serve other conversations; then every chunk."""
+    gate = GatedChunks(speech(loaded))
+    worker = SpeechWorker(gate.stream)
     worker.feed(CODES)
+    worker.finish()
+    rest = worker.rest(threading.Event())
+    first = []
+    asker = threading.Thread(target=lambda: first.append(next(rest)))
+    asker.start()
+    asker.join(5)
+    try:
+        assert not asker.is_alive() and first == [None]
+    finally:
+        gate.go.set()
+    asker.join(60)
+    chunks = chunks_of(rest)
     worker.stop()
-    assert no_worker_left()
+    reference = InlineSpeech(speech(loaded))
+    reference.feed(CODES)
+    reference.finish()
+    expected = reference.ready()
+    assert len(chunks) == len(expected) >= 2
+    for ours, theirs in zip(chunks, expected):
+        np.testing.assert_array_equal(ours, theirs)
 
 
 def answer(loaded, thread: bool, interrupt_after: int | None = None):

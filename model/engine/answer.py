@@ -20,6 +20,7 @@ from model.engine.events import (
     AnswerDone,
     AnswerSettings,
     AudioChunk,
+    SpeechPending,
     TextDelta,
     Timings,
 )
@@ -108,7 +109,7 @@ class AnswerDecoder:
         self._code_logits = None
         self._talker_done = not self.speaking
 
-    def events(self, logits: torch.Tensor) -> Iterator[TextDelta | AudioChunk]:
+    def events(self, logits: torch.Tensor) -> Iterator[TextDelta | AudioChunk | SpeechPending]:
         if not self.speaking:
             yield from self._decode(logits)
             return
@@ -119,7 +120,7 @@ class AnswerDecoder:
             self.speech.stop()  # also when the consumer stops early: no worker outlives its answer
 
     @torch.no_grad()
-    def _decode(self, logits: torch.Tensor) -> Iterator[TextDelta | AudioChunk]:
+    def _decode(self, logits: torch.Tensor) -> Iterator[TextDelta | AudioChunk | SpeechPending]:
         history = torch.tensor([self.thinker.ids], device=self.thinker.device)
         while True:
             if self.interrupt.is_set():
@@ -168,8 +169,11 @@ class AnswerDecoder:
             self.speech.feed([frame])
         yield from self._audio(self.speech.ready())
 
-    def _audio(self, chunks) -> Iterator[AudioChunk]:
+    def _audio(self, chunks) -> Iterator[AudioChunk | SpeechPending]:
         for samples in chunks:
+            if samples is None:  # the speech thread has nothing new yet
+                yield SpeechPending()
+                continue
             if self.timings.first_audio is None:
                 self.timings.first_audio = time.perf_counter() - self.started
             self.timings.audio_seconds += len(samples) / C.OUTPUT_SAMPLE_RATE

@@ -83,4 +83,10 @@ class ContextTrimmed:
     message: str
 
 
-Event = TextDelta | AudioChunk | AnswerDone | ContextTrimmed
+@dataclass
+class SpeechPending:
+    """The answer's last speech is still being made on its own thread: nothing new yet. A consumer that serves
+    other conversations too (the app's model worker) can do their work and come back."""
+
+
+Event = TextDelta | AudioChunk | AnswerDone | ContextTrimmed | SpeechPending

@@ -7,7 +7,9 @@ hand it back and forth at every op; on the tiny model a 48-frame window took 3x 
 loop as alone, and the decode loop slowed too (docs/performance.md). So the speech runs inline there.
 
 Which chunks are cut depends only on the codes (the stream's schedule), never on when they arrived, so both
-give the same audio, sample for sample (tests/test_speech_worker.py).
+give the same audio, sample for sample (tests/test_speech_worker.py). The thread takes its codes one at a time,
+so a cut-in waits for the chunk being decoded at most, never for a backlog; and the answer's thread never
+waits on it for long (`rest` hands control back while a chunk is being made).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ class InlineSpeech:
         chunks, self._ready = self._ready, []
         return chunks
 
-    def rest(self, stop: threading.Event) -> Iterator[np.ndarray]:
+    def rest(self, stop: threading.Event) -> Iterator[np.ndarray | None]:
         self.ended = True
         yield from self.ready()
 
@@ -68,6 +70,7 @@ class SpeechWorker:
     def __init__(self, stream: StreamingToken2Wav):
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._stopping = threading.Event()  # seen by the thread between two chunks
         self._ended = False
         self._thread = threading.Thread(
             target=self._run,
@@ -97,18 +100,21 @@ class SpeechWorker:
             chunks.extend(self._take(item))
         return chunks
 
-    def rest(self, stop: threading.Event, poll_seconds: float = 0.05) -> Iterator[np.ndarray]:
-        """After `finish`: each chunk as it is decoded, to the last. Returns early once `stop` is set."""
+    def rest(self, stop: threading.Event, poll_seconds: float = 0.02) -> Iterator[np.ndarray | None]:
+        """After `finish`: each chunk as it is decoded, to the last, and None each `poll_seconds` that none
+        came (the caller can serve others meanwhile). Returns early once `stop` is set."""
         while not self._ended and not stop.is_set():
             try:
                 item = self._outbox.get(timeout=poll_seconds)
             except queue.Empty:
+                yield None
                 continue
             yield from self._take(item)
 
     def stop(self) -> None:
-        """Ends the thread (what it has not decoded is dropped) and waits for it: an answer never leaves a
-        worker behind."""
+        """Ends the thread (what it has not decoded is dropped) and waits for it, which is at most the chunk it
+        is decoding: an answer never leaves a worker behind."""
+        self._stopping.set()
         self._inbox.put(_STOP)
         self._thread.join()
         self._ended = True
@@ -138,7 +144,7 @@ class SpeechWorker:
                 while True:
                     item = self._inbox.get()
                     codes = []
-                    # Everything already waiting goes in at once: the chunks cut are the same either way.
+                    # Everything already waiting is taken at once: the chunks cut are the same either way.
                     while isinstance(item, list):
                         codes.extend(item)
                         try:
@@ -147,9 +153,12 @@ class SpeechWorker:
                             item = None
                     if item is _STOP:
                         return
-                    for chunk in stream.feed(codes) if codes else []:
-                        self._outbox.put(chunk)
-                    if item is _FINISH:
+                    for code in codes:  # a code completes at most one chunk: a stop never waits for a backlog
+                        if self._stopping.is_set():
+                            return
+                        for chunk in stream.feed([code]):
+                            self._outbox.put(chunk)
+                    if item is _FINISH and not self._stopping.is_set():
                         for chunk in stream.flush():
                             self._outbox.put(chunk)
                         self._outbox.put(_DONE)
