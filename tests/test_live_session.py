@@ -269,13 +269,10 @@ def test_on_zero_gpu_a_cut_off_answer_keeps_the_ids_the_model_chose(loaded, work
     assert zero.answer.done is not None and not zero.answer.done.interrupted  # the next call rebuilt it
 
 
-def test_on_zero_gpu_a_late_voice_turn_trims_and_the_trimmed_history_comes_back(loaded, worker, zero_gpu_calls,
-                                                                                monkeypatch):
-    from omni_demo import gpu
-
+def test_on_zero_gpu_a_late_voice_turn_trims_and_the_trimmed_history_comes_back(loaded, worker, zero_gpu_calls):
     limit = 420
-    monkeypatch.setattr(gpu, "OmniSession", lambda loaded, **kw: gpu_session(loaded, limit, **kw))
-    zero = new_session(loaded, worker, "zero", zero_gpu=True, text_only=True)
+    zero = LiveSession("zero", loaded, worker, zero_gpu=True, max_positions=limit)  # each call's session gets it
+    zero.update(max_new_tokens=8, text_only=True)
     for i in range(12):
         zero.send(f"Question number {i}, with a few more words to take up some room?", [])
         list(zero.follow())
@@ -285,12 +282,6 @@ def test_on_zero_gpu_a_late_voice_turn_trims_and_the_trimmed_history_comes_back(
         assert zero.answer.done is not None and not zero.chat[-1].get("metadata", {}).get("title", "").startswith("⚠️")
         history = zero.model.history
         assert kinds(history)[-2:] == ["live", "answer"] and sum(r.span for r in history) <= limit
-
-
-def gpu_session(loaded, limit, **kwargs):
-    from model.session import OmniSession
-
-    return OmniSession(loaded, max_positions=limit, **kwargs)
 
 
 def test_an_answer_past_the_turn_limit_is_stopped_and_the_session_goes_on(loaded, worker):
@@ -567,11 +558,16 @@ def test_on_zero_gpu_a_pause_inside_a_question_keeps_it_one_turn(loaded, worker,
     the history; the next call gets the whole turn."""
     import threading
 
-    zero = new_session(loaded, worker, "zero", zero_gpu=True, text_only=True)
-    zero.update(max_new_tokens=8 if call_finished else 400)
+    if call_finished:  # a spoken answer (a text one read in full stays), all made, none of it played yet
+        zero = new_session(loaded, worker, "zero", zero_gpu=True)
+    else:
+        zero = new_session(loaded, worker, "zero", zero_gpu=True, text_only=True)
+        zero.update(max_new_tokens=400)
     first = np.concatenate([silence(0.3), speech_48k(), silence(0.7)])
     assert speak(zero, first) == 1
     retracted = zero.answer
+    if call_finished:  # a page whose player has not started it yet when the user goes on (held, however long
+        retracted.clock.heard = lambda at=None: 0.0  # the call took on this CPU)
     call = threading.Thread(target=lambda: list(zero.follow()))  # the page's event, making the GPU call
     call.start()
     deadline = time.monotonic() + 120
