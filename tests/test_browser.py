@@ -226,11 +226,12 @@ def test_speaking_during_the_answer_stops_it_and_starts_a_new_turn(playwright, s
 
 def test_a_pause_inside_a_spoken_question_keeps_it_one_turn(playwright, live_app, tmp_path):
     """Two sentences with a 1.2 s pause between (the turn ends after 0.6 s): the second goes on the first
-    turn, whose started answer disappears; one turn, one answer. Text-only answers, so none has begun to
-    play when the speech resumes (speech after playback began is a barge-in, tested elsewhere)."""
+    turn, whose started answer disappears; one turn, one answer. Long text-only answers, so none has begun to
+    play, nor been written in full, when the speech resumes (speech after playback began is a barge-in, and a
+    text answer already complete stays: both tested in test_live_session.py)."""
     app, server = live_app
     microphone = microphone_file(tmp_path, silence(1.0), speech_48k(), silence(1.2), speech_48k(), silence(10.0))
-    browser, page = open_page(playwright, server, microphone, max_tokens=16)
+    browser, page = open_page(playwright, server, microphone, max_tokens=300)
     try:
         page.get_by_label("Text-only answers (no speech)").check()
         page.wait_for_timeout(300)
@@ -238,7 +239,7 @@ def test_a_pause_inside_a_spoken_question_keeps_it_one_turn(playwright, live_app
         deadline = time.monotonic() + ANSWER_TIMEOUT_S
         history, both = [], 2 * len(speech_48k()) / BROWSER_RATE
 
-        def answered_whole_turn(live) -> bool:  # not the first sentence's answer, which may finish first
+        def answered_whole_turn(live) -> bool:  # not the first sentence's answer
             answer = live.answer
             return (answer is not None and answer.turn is not None and answer.finished and not answer.retracted
                     and len(answer.turn.whole_audio()) / C.INPUT_SAMPLE_RATE > both)
