@@ -29,9 +29,9 @@ from bench.systems import SYSTEMS, Scenario, measure
 from model import cases
 from model import constants as C
 from model.conversation import Audio, Video
-from model.media import load_audio, load_video
 from model.engine.events import AnswerSettings
-from model.engine.token2wav_stream import ODE_TIME_POINTS, SOLVERS
+from model.families.qwen2_5_omni.vocoder import ODE_TIME_POINTS, SOLVERS
+from model.media import load_audio, load_video
 
 WARMUP_TOKENS, WARMUP_CODES = 4, 40  # enough for every stage to run once (one token2wav chunk)
 LABELS = {"reference": "transformers", "engine_whole": "engine, whole input", "engine_live": "engine, live input"}

@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 
 from model import constants as C
-from model import loading_qwen3, tiny, tiny_qwen3_omni
+from model.families import QWEN3_OMNI
+from model.families.qwen2_5_omni import tiny
+from model.families.qwen3_omni import loading as loading_qwen3
+from model.families.qwen3_omni import tiny as tiny_qwen3_omni
 from model.loading import (
-    FAMILIES,
-    TINY_QWEN3,
     LoadedOmni,
     default_device,
     default_dtype,
@@ -70,7 +71,7 @@ def random_omni(
     processor and tokenizer from the tiny checkpoint (the real ones); voices in the real spk_dict shapes."""
     from transformers import AutoConfig, Qwen2_5OmniForConditionalGeneration
 
-    from model.processing import OmniProcessor
+    from model.families.qwen2_5_omni.processing import OmniProcessor
 
     device = torch.device(device) if device else default_device()
     dtype = dtype or default_dtype(device)
@@ -111,10 +112,10 @@ def random_qwen3(
         )
     _init_like_tiny(model, seed)
     model.eval()
-    checkpoint = ensure_tiny_checkpoint(spec=TINY_QWEN3)
+    checkpoint = ensure_tiny_checkpoint(spec=QWEN3_OMNI.tiny)
     loaded = LoadedOmni(
         model, loading_qwen3.processor(checkpoint), loading_qwen3.voices(config), "random", checkpoint, device, dtype, attn,
-        family=FAMILIES[loading_qwen3.MODEL_TYPE],
+        family=QWEN3_OMNI,
     )
     loaded.notes.append("random weights: the real architecture's work per token, noise for output")
     return loaded

@@ -25,7 +25,7 @@ from model import cases
 from model import constants as C
 from model.engine.events import AnswerDone, AnswerSettings, AudioChunk
 from model.engine.sampling import Sampling
-from model.reference import TalkerSampling, reference_generate
+from model.families.qwen2_5_omni.reference import TalkerSampling, reference_generate
 from model.session import OmniSession
 
 CASES = ("text", "audio")

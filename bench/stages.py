@@ -14,7 +14,7 @@ import torch
 
 # Stage name -> module path in Qwen2_5OmniForConditionalGeneration, in pipeline order; or the paths of the
 # first and last module a call runs, where the engine runs the stage's parts rather than its forward (a DiT
-# pass: model/engine/dit_window.py; a code2wav chunk: model/engine/code2wav_stream.py).
+# pass: model/families/qwen2_5_omni/dit_window.py; a code2wav chunk: model/families/qwen3_omni/vocoder.py).
 DIT = "token2wav.code2wav_dit_model"
 STAGES = {
     "audio encoder": "thinker.model.audio_tower",

@@ -1,6 +1,6 @@
 """The three systems measured, each answering the same user turn with answers of the same forced length.
 
-* `reference`: transformers' `generate(return_audio=True)` (model/reference.py): thinker to the end, then
+* `reference`: transformers' `generate(return_audio=True)` (model/families/qwen2_5_omni/reference.py): thinker to the end, then
   the talker, then token2wav over the whole answer; text and audio come back when it returns.
 * `engine_whole`: our engine (model/engine/session.py) given the whole recording at once (`add_user_turn`).
 * `engine_live`: our engine fed the recording in real time (0.1 s of audio every 0.1 s, video frames at
@@ -24,9 +24,9 @@ from bench.stages import Span, StageRecorder
 from model import constants as C
 from model.conversation import Audio, Conversation, Part, Video
 from model.engine.sampling import Sampling
-from model.engine.token2wav_stream import ODE_TIME_POINTS
-from model.reference import TalkerSampling, reference_generate
-from model.reference_qwen3 import reference_generate_qwen3
+from model.families.qwen2_5_omni.reference import TalkerSampling, reference_generate
+from model.families.qwen2_5_omni.vocoder import ODE_TIME_POINTS
+from model.families.qwen3_omni.reference import reference_generate_qwen3
 from model.session import AnswerDone, AnswerSettings, AudioChunk, OmniSession
 
 SYSTEMS = ("reference", "engine_whole", "engine_live")

@@ -34,9 +34,10 @@ def loaded(tiny_dir):
 
 @pytest.fixture(scope="session")
 def qwen3_dir(tmp_path_factory) -> Path:
-    from model.loading import TINY_QWEN3, ensure_tiny_checkpoint
+    from model.families import QWEN3_OMNI
+    from model.loading import ensure_tiny_checkpoint
 
-    return ensure_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-qwen3-omni", TINY_QWEN3)
+    return ensure_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-qwen3-omni", QWEN3_OMNI.tiny)
 
 
 @pytest.fixture(scope="session")
@@ -98,7 +99,7 @@ class ReferenceHarness:
         return cases.SINGLE_TURN_CASES[name]()
 
     def result(self, name: str, voice: str = "Chelsie"):
-        from model.reference import TalkerSampling, reference_generate
+        from model.families.qwen2_5_omni.reference import TalkerSampling, reference_generate
 
         key = (name, voice)
         if key not in self._results:

@@ -14,7 +14,7 @@ from test_browser import (
     wait_for,
 )
 
-from model import loading_qwen3 as Q3
+from model.families.qwen3_omni import loading as Q3
 
 
 def test_the_page_names_qwen3_omni_and_offers_its_voices_and_defaults(qwen3_app):

@@ -21,7 +21,7 @@ from test_session import greedy_settings, run
 from model import cases
 from model import constants as C
 from model.engine.sampling import Sampling, TokenChooser
-from model.reference import TalkerSampling, reference_generate
+from model.families.qwen2_5_omni.reference import TalkerSampling, reference_generate
 from model.session import AnswerSettings, AudioChunk, OmniSession
 
 
@@ -216,7 +216,7 @@ def test_transformers_first_text_is_when_its_first_logits_exist(loaded):
 def test_trimmed_log_mel_is_the_padded_one_bit_for_bit(loaded):
     """The processor computes trimmed audio features without 300 s of padding (a lever measured in
     docs/performance.md); every frame the model reads must still be the padded call's."""
-    from model.processing import OmniProcessor
+    from model.families.qwen2_5_omni.processing import OmniProcessor
 
     ours = loaded.processor
     padded = OmniProcessor(

@@ -348,7 +348,7 @@ def camera(index: int) -> np.ndarray:
 
 
 def expected_audio_tokens(audio: np.ndarray) -> int:
-    from model.processing import audio_token_count
+    from model.families.qwen2_5_omni.processing import audio_token_count
 
     windows = [audio[i : i + 32000] for i in range(0, len(audio), 32000)]
     return sum(audio_token_count(-(-len(w) // 160)) for w in windows if len(w) >= 321)

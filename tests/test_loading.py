@@ -18,7 +18,7 @@ from model.loading import (
     load_omni,
     resolve_checkpoint_dir,
 )
-from model.loading_qwen3 import HUB_ID as Q3_HUB
+from model.families.qwen3_omni.loading import HUB_ID as Q3_HUB
 
 
 def test_loaded_tiny_model_dtypes_and_attention(loaded):
@@ -103,7 +103,7 @@ class RunsCode:
 
 
 def test_voices_file_with_code_is_refused_without_running_it(tmp_path):
-    from model.loading import load_voices
+    from model.families.qwen2_5_omni.loading import load_voices
 
     marker = tmp_path / "code-ran"
     torch.save({"Chelsie": RunsCode(marker)}, tmp_path / "spk_dict.pt")
@@ -137,7 +137,7 @@ def test_a_load_prints_none_of_the_known_harmless_config_warnings(tiny_dir):
 def test_only_those_config_warnings_are_dropped():
     import logging
 
-    from model.loading import ThinkerIdsInTheTalkerConfig
+    from model.families.qwen2_5_omni.loading import ThinkerIdsInTheTalkerConfig
 
     def record(message: str) -> logging.LogRecord:
         return logging.LogRecord("transformers.configuration_utils", logging.WARNING, "", 0, message, None, None)

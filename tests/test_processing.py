@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from model import constants as C
-from model.processing import OmniProcessor, audio_token_count, video_audio_layout
+from model.families.qwen2_5_omni.processing import OmniProcessor, audio_token_count, video_audio_layout
 from model.video_frames import VideoFrameProcessor, resize_frames, resize_frames_float, smart_resize
 
 RNG_SEED = 1234
@@ -29,7 +29,7 @@ SYSTEM = {"role": "system", "content": [{"type": "text", "text": C.AUDIO_SYSTEM_
 @pytest.fixture(scope="session")
 def processor_dir(tmp_path_factory):
     """A checkpoint's processor files (tokenizer, preprocessor config, chat template) and its config.json."""
-    from model.tiny import tiny_config, write_tokenizer_files
+    from model.families.qwen2_5_omni.tiny import tiny_config, write_tokenizer_files
 
     directory = tmp_path_factory.mktemp("processor")
     write_tokenizer_files(directory)
@@ -360,7 +360,7 @@ def test_rope_index_reads_our_layout(ours):
     from transformers import AutoConfig
     from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniThinkerForConditionalGeneration
 
-    from model.tiny import tiny_config
+    from model.families.qwen2_5_omni.tiny import tiny_config
 
     with torch.device("meta"):  # get_rope_index needs the config only
         thinker = Qwen2_5OmniThinkerForConditionalGeneration(AutoConfig.for_model(**tiny_config()).thinker_config)

@@ -1,4 +1,4 @@
-"""Qwen3-Omni's processor (model/processing_qwen3.py) against transformers' `Qwen3OmniMoeProcessor`, built over
+"""Qwen3-Omni's processor (model/families/qwen3_omni/processing.py) against transformers' `Qwen3OmniMoeProcessor`, built over
 the same tokenizer, feature extractor and image processor (its video processor needs torchvision: the
 stand-in of test_processing takes its place; only its class check refuses it)."""
 
@@ -14,7 +14,7 @@ from transformers.models.qwen3_omni_moe.processing_qwen3_omni_moe import (
     _get_feat_extract_output_lengths,
 )
 
-from model.processing_qwen3 import Qwen3OmniProcessor, qwen3_audio_token_count
+from model.families.qwen3_omni.processing import Qwen3OmniProcessor, qwen3_audio_token_count
 
 
 @pytest.fixture(scope="module")

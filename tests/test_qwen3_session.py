@@ -11,17 +11,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model import cases
-from model import loading_qwen3 as Q3
 from model.conversation import Audio, Conversation, Image, Text, Video
-from model.engine.code2wav_stream import StreamingCode2Wav
 from model.engine.sampling import Sampling
+from model.families.qwen3_omni import loading as Q3
+from model.families.qwen3_omni.reference import reference_generate_qwen3
+from model.families.qwen3_omni.vocoder import StreamingCode2Wav
 from model.media import VideoClip, load_audio, load_image, load_video
-from model.reference_qwen3 import reference_generate_qwen3
 from model.session import AnswerDone, AnswerSettings, AudioChunk, OmniSession
 
 TOKENS, CODES = 12, 40  # the thinker's cap (random weights never choose EOS); the talker's, never reached
 # code2wav streamed vs one call over the whole answer: the pre-transformer's cache sums in another order
-# (measured 80 dB on this checkpoint, model/engine/code2wav_stream.py); 60 dB leaves room across machines.
+# (measured 80 dB on this checkpoint, model/families/qwen3_omni/vocoder.py); 60 dB leaves room across machines.
 MIN_SNR_DB = 60.0
 
 
@@ -55,7 +55,7 @@ def snr_db(ours: np.ndarray, reference: np.ndarray) -> float:
 
 def assert_same_answer(done: AnswerDone, wave: np.ndarray, reference) -> None:
     """The same tokens, every frame's 16 codes, and the waveform within the tolerance. The tiny talker ends
-    its speech when the text is over (model/tiny_qwen3_omni.py shape_talker): one frame per text token fed,
+    its speech when the text is over (model/families/qwen3_omni/tiny.py shape_talker): one frame per text token fed,
     one for the text's end, then EOS."""
     assert done.tokens == reference.thinker_tokens
     assert done.codes == reference.talker_codes

@@ -7,7 +7,7 @@ import pytest
 from conftest import HARNESS_CASES
 
 from model import constants as C
-from model.reference import TalkerSampling, reference_generate, prepare_inputs
+from model.families.qwen2_5_omni.reference import TalkerSampling, reference_generate, prepare_inputs
 
 SAMPLES_PER_CODE = C.OUTPUT_SAMPLE_RATE // C.CODES_PER_SECOND  # 480: 2 mel frames x 240 samples
 

@@ -15,9 +15,9 @@ from conftest import HARNESS_CASES
 
 from model import constants as C
 from model.conversation import Text
-from model.reference import TalkerSampling, reference_generate
 from model.engine.sampling import Sampling
-from model.engine.token2wav_stream import PreparedVoice
+from model.families.qwen2_5_omni.reference import TalkerSampling, reference_generate
+from model.families.qwen2_5_omni.vocoder import PreparedVoice
 from model.session import AnswerDone, AnswerSettings, AudioChunk, OmniSession, TextDelta
 
 MARGIN_TOLERANCE = 1e-3  # float32 logits of O(10): error between summation orders is well below this
@@ -116,7 +116,7 @@ def test_second_turn_prompt_is_the_chat_template(loaded, harness):
     conversation = harness.conversation("text")
     conversation.add_assistant(first.text)
     conversation.add_user(Text("And how many people live there?"))
-    from model.reference import prepare_inputs
+    from model.families.qwen2_5_omni.reference import prepare_inputs
 
     assert session.thinker.ids == prepare_inputs(loaded.processor, conversation)["input_ids"][0].tolist()
 
@@ -303,8 +303,8 @@ def test_a_live_turn_that_starts_late_in_the_context_makes_room_first(loaded, ha
     """A live turn starting past 3/4 of the model's positions trims the oldest turns before it is fed (it
     raised AttributeError: the trim's restore dropped the live turn being opened)."""
     from model.conversation import Audio
+    from model.families.qwen2_5_omni.processing import audio_token_count
     from model.media import load_audio
-    from model.processing import audio_token_count
     from model.session import AnswerTurn, LiveTurn, UserTurn
 
     limit = 420

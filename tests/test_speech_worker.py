@@ -19,7 +19,7 @@ from model.conversation import Text
 from model.engine.events import AnswerDone, AnswerSettings, AudioChunk
 from model.engine.sampling import Sampling
 from model.engine.speech_worker import InlineSpeech, SpeechWorker
-from model.engine.token2wav_stream import StreamingToken2Wav
+from model.families.qwen2_5_omni.vocoder import StreamingToken2Wav
 from model.session import OmniSession
 
 FAST = {"solver": "euler", "num_steps": 2}  # one DiT pass per window: the hand-over, not the solver, is tested

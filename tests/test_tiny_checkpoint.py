@@ -11,8 +11,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from model import constants as C
-from model.loading import LoadError, load_model_weights
-from model.tiny import tiny_config
+from model.families.qwen2_5_omni.loading import load_model_weights
+from model.families.qwen2_5_omni.tiny import tiny_config
+from model.loading import LoadError
 
 REAL_INDEX = C.REFERENCE_3B_DIR / "model.safetensors.index.json"
 
@@ -76,7 +77,7 @@ def test_tokenizer_is_qwen2_bpe_with_the_omni_tokens(loaded):
 
 
 def test_build_is_deterministic(tiny_dir, tmp_path):
-    from model.tiny import build
+    from model.families.qwen2_5_omni.tiny import build
 
     again = build(tmp_path / "again")
     a, b = load_file(tiny_dir / "model.safetensors"), load_file(again / "model.safetensors")

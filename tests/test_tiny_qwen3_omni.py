@@ -1,4 +1,4 @@
-"""The tiny Qwen3-Omni checkpoint (model/tiny_qwen3_omni.py): the released architecture at every depth, the
+"""The tiny Qwen3-Omni checkpoint (model/families/qwen3_omni/tiny.py): the released architecture at every depth, the
 released weight names, loaded and run by transformers' own Qwen3-Omni classes."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from model import tiny_qwen3_omni as Q3
+from model.families.qwen3_omni import tiny as Q3
 
 RELEASED_TENSORS = 28_010  # in the real checkpoint's 15 shards
 

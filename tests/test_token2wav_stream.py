@@ -1,4 +1,4 @@
-"""Chunked token2wav (model/token2wav_stream.py) against transformers' whole-answer token2wav.
+"""Chunked token2wav (model/families/qwen2_5_omni/vocoder.py) against transformers' whole-answer token2wav.
 
 Two kinds of model: the tiny random-weight checkpoint (exactness against transformers, causality), and a
 stand-in whose DiT returns zero velocity (so a window's mel is its starting noise) and whose vocoder writes
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.engine.token2wav_stream import (
+from model.families.qwen2_5_omni.vocoder import (
     FlowSettings,
     PreparedVoice,
     StreamingToken2Wav,

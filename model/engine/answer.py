@@ -24,9 +24,9 @@ from model.engine.events import (
     TextDelta,
     Timings,
 )
+from model.engine.family import TalkerInputs, Vocoder
 from model.engine.sampling import TokenChooser, residual_sampling
 from model.engine.speech_worker import start_speech
-from model.engine.talker_inputs import Qwen3TalkerInputs, Qwen25TalkerInputs
 from model.engine.talker_stream import TalkerStream
 from model.engine.thinker_stream import ThinkerStream
 
@@ -56,14 +56,14 @@ class AnswerDecoder:
         self,
         thinker: ThinkerStream,
         talker: TalkerStream | None,
-        vocoder,
+        vocoder: Vocoder | None,
         voice: dict | None,
         tokenizer,
         settings: AnswerSettings,
         interrupt: threading.Event,
         started: float,
         talker_prompt: Callable[[], tuple[torch.Tensor, torch.Tensor] | None] = lambda: None,
-        talker_inputs: Qwen25TalkerInputs | Qwen3TalkerInputs | None = None,
+        talker_inputs: TalkerInputs | None = None,
     ):
         """`vocoder`: the answer's StreamingToken2Wav or StreamingCode2Wav, None for a text-only answer."""
         self.thinker, self.talker, self.settings = thinker, talker, settings

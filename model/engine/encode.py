@@ -1,6 +1,6 @@
 """The one path from prompt pieces to what the thinker reads: ids, input embeddings, TMRoPE ids.
 
-Whole turns and live windows both come through here. The processor (model.processing) turns media into
+Whole turns and live windows both come through here. The processor (model/families/<family>/processing.py) turns media into
 features and tells how many placeholder tokens each takes; `media_embeddings` runs the audio and vision
 encoders and puts their outputs at those placeholders; `rope_ids` asks transformers' `get_rope_index` for
 the 3-D position ids of a piece of prompt that starts at 0.

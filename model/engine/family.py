@@ -1,60 +1,68 @@
-"""The engine's parts that differ between model families, chosen by the checkpoint's `model_type`: what the
-talker reads (talker_inputs.py), the talker (talker_stream.py, talker_stream_qwen3.py) and the vocoder
-(token2wav_stream.py, code2wav_stream.py). Everything else (prompts, caches, live input, the answer loop,
-history) is shared."""
+"""What the engine asks of a model family: the parts that differ between families, behind one interface.
+
+A family (model/families/<family>/) gives each session an `EngineParts` through its `engine_parts(model,
+processor)`: what the talker reads (`TalkerInputs`), its talker (a `TalkerStream` subclass) and its vocoder
+stream (`Vocoder`). Everything else (prompts, caches, live input, the answer loop, history) is shared, and no
+file of the engine names a family: the session asks `loaded.family` for its parts.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
-from model.engine.code2wav_stream import StreamingCode2Wav
+import numpy as np
+import torch
+
 from model.engine.events import AnswerSettings
-from model.engine.talker_inputs import Qwen3TalkerInputs, Qwen25TalkerInputs
 from model.engine.talker_stream import TalkerStream
-from model.engine.talker_stream_qwen3 import Qwen3TalkerStream
-from model.engine.token2wav_stream import StreamingToken2Wav, VoiceCache
 
 
-class Qwen25Parts:
-    audio_group_samples = 0  # its audio encoder reads each 2 s live window alone
+class TalkerInputs(Protocol):
+    """What the talker reads from the thinker: its prompt states, the reply states it speaks from, and the
+    markers that end a reply."""
 
-    def __init__(self, model, processor):
-        self.model = model
-        self.inputs = Qwen25TalkerInputs(model, (processor.audio_token_id, processor.image_token_id, processor.video_token_id))
+    def prefilling(self) -> contextlib.AbstractContextManager:
+        """Around a thinker prefill: whatever the talker needs captured from it."""
+
+    def prompt_states(self, segment, hidden: torch.Tensor, span: slice, before: list[int], next_position: int):
+        """The talker's states and rope ids for a prefilled segment (`hidden[:, span]` its last hidden states;
+        `before` the ids already in the cache); they may be empty."""
+
+    def reply(self, embeds: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """The reply state of a decoded token."""
+
+    def answer_states(self, reply: torch.Tensor, position: torch.Tensor):
+        """A decoded token's entry in what later answers' talkers read (possibly empty)."""
+
+    def voice(self, voice: dict):
+        """The talker's input for a voice, as its talker stream's `answer_inputs` takes it."""
+
+    def reply_end(self) -> torch.Tensor: ...
+
+    def reply_pad(self) -> torch.Tensor: ...
+
+
+class Vocoder(Protocol):
+    """An answer's codes in, audio chunks (24 kHz float32) out as soon as they are final."""
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def feed(self, codes: Sequence) -> list[np.ndarray]: ...
+
+    def flush(self) -> list[np.ndarray]: ...
+
+
+class EngineParts(Protocol):
+    """One loaded model's family parts, made once per session."""
+
+    inputs: TalkerInputs
+    audio_group_samples: int  # the audio encoder's attention group (samples); 0: each live window alone
 
     def talker(self, kv: Callable) -> TalkerStream:
-        return TalkerStream(self.model.talker, kv(self.model.talker.config))
+        """A talker stream on a KV cache that `kv(config)` makes."""
 
-    def vocoder(self, name: str, voice: dict, settings: AnswerSettings, voice_cache: VoiceCache | None) -> StreamingToken2Wav:
-        return StreamingToken2Wav(
-            self.model.token2wav,
-            voice,
-            noise=settings.noise_seed,
-            first_chunk_frames=settings.first_chunk_frames,
-            chunk_frames=settings.chunk_frames,
-            max_chunk_frames=settings.max_chunk_frames,
-            solver=settings.solver,
-            num_steps=settings.num_steps,
-            voice_cache=(voice_cache, name) if voice_cache is not None else None,
-        )
-
-
-class Qwen3Parts:
-    def __init__(self, model, processor):
-        self.model = model
-        # Its audio encoder attends within groups of `n_window_infer` mel frames (8 s): see live_input.py.
-        self.audio_group_samples = model.config.thinker_config.audio_config.n_window_infer * processor.feature_extractor.hop_length
-        self.inputs = Qwen3TalkerInputs(model, (processor.audio_token_id, processor.image_token_id, processor.video_token_id))
-
-    def talker(self, kv: Callable) -> Qwen3TalkerStream:
-        return Qwen3TalkerStream(self.model.talker, kv(self.model.talker.config.text_config), inputs=self.inputs)
-
-    def vocoder(self, name: str, voice: dict, settings: AnswerSettings, voice_cache: VoiceCache | None) -> StreamingCode2Wav:
-        return StreamingCode2Wav(self.model.code2wav)
-
-
-FAMILY_PARTS = {"qwen2_5_omni": Qwen25Parts, "qwen3_omni_moe": Qwen3Parts}
-
-
-def engine_parts(model, processor) -> Qwen25Parts | Qwen3Parts:
-    return FAMILY_PARTS[model.config.model_type](model, processor)
+    def vocoder(self, name: str, voice: dict, settings: AnswerSettings, voice_cache) -> Vocoder:
+        """One answer's vocoder stream in voice `name` (`voice_cache`: the loaded model's, shared by sessions)."""

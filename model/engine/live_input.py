@@ -42,7 +42,6 @@ from itertools import pairwise
 import numpy as np
 
 from model import constants as C
-from model.processing import audio_token_count
 
 SECONDS_PER_WINDOW = 2  # thinker config `seconds_per_chunk`
 SAMPLES_PER_WINDOW = SECONDS_PER_WINDOW * C.INPUT_SAMPLE_RATE
@@ -50,8 +49,9 @@ SLOTS_PER_WINDOW = int(SECONDS_PER_WINDOW * C.VIDEO_FPS)
 SLOT_SECONDS = 1 / C.VIDEO_FPS
 STALL_SECONDS = 1.0
 MEL_HOP = 160  # samples per log-mel frame (WhisperFeatureExtractor hop_length)
-# The fewest samples that give an audio token: 3 mel frames (stride-2 conv, then stride-2 pooling).
-MIN_WINDOW_SAMPLES = min(n for n in range(1, 1000) if audio_token_count(math.ceil(n / MEL_HOP)) > 0)
+# The fewest samples that give an audio token: 3 mel frames (stride-2 conv, then stride-2 pooling), as the
+# processor's token rule counts them (checked in tests/test_families.py).
+MIN_WINDOW_SAMPLES = 2 * MEL_HOP + 1
 _EPSILON = 1e-6  # seconds: float timestamps that should be equal
 
 

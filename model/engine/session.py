@@ -33,7 +33,6 @@ from model.engine import history as H
 from model.engine.answer import AnswerDecoder
 from model.engine.encode import LivePrompt, PromptEncoder
 from model.engine.events import AnswerSettings, ContextTrimmed, Event
-from model.engine.family import engine_parts
 from model.engine.history import AnswerTurn, LiveTurn, Record, UserTurn
 from model.engine.kv_cache import GrowingKV, StaticKV
 from model.engine.live_input import LiveTimeline, Window
@@ -88,7 +87,7 @@ class OmniSession:
         self.loaded = loaded
         self.model = loaded.model
         self.processor = loaded.processor
-        self.parts = engine_parts(self.model, self.processor)  # what differs between model families
+        self.parts = loaded.family.engine_parts(self.model, self.processor)  # what differs between model families
         # Default: the family's (Qwen2.5-Omni speaks only under its fixed prompt).
         self.template = TurnTemplate(self.processor, loaded.family.system_prompt if system_prompt is None else system_prompt)
         self.encoder = PromptEncoder(self.model.thinker, self.processor)

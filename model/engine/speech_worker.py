@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from model.engine.token2wav_stream import StreamingToken2Wav
+from model.engine.family import Vocoder as StreamingToken2Wav  # any family's vocoder stream
 
 
 def start_speech(stream: StreamingToken2Wav, threaded: bool | None = None) -> SpeechWorker | InlineSpeech:

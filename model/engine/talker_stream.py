@@ -1,9 +1,13 @@
-"""The talker's side of an answer: its KV cache over the thinker's states, one code per step.
+"""The talker's side of an answer: its KV cache over the thinker's states, one step per code (or frame).
 
 transformers runs the talker after the thinker has finished. Here it runs one token behind it: its prompt
-(the thinker states of everything prefilled so far) can be fed as it arrives, its prefill ends with the
-speaker's BOS token and the first reply token's state, and each later step takes the previous code's
-embedding plus the next reply state (thinker token k+1 for step k; then text EOS, then text PAD).
+(the thinker states of everything prefilled so far) can be fed as it arrives, its first forward ends with the
+voice's inputs and the first reply token's state, and each later step takes the previous code's embedding
+plus the next reply state (thinker token k+1 for step k; then text EOS, then text PAD).
+
+`TalkerStream` keeps the cache and the answer's bookkeeping every family shares; a family's subclass
+(model/families/<family>/talker_stream.py) says how its inputs are projected, what an answer's first
+forward reads, what one step's code stands for and what the repetition penalty sees.
 """
 
 from __future__ import annotations
@@ -12,21 +16,20 @@ from dataclasses import dataclass, field
 
 import torch
 
-from model import constants as C
 from model.engine.kv_cache import GrowingKV, StaticKV
 
 
 @dataclass
 class TalkerStream:
-    talker: object  # Qwen2_5OmniTalkerForConditionalGeneration
+    talker: object  # the family's talker model (transformers' class)
     cache: GrowingKV | StaticKV = None
     length: int = 0  # positions in the cache
     next_position: int = 0  # rope id of the next text position
     prompt_length: int = 0  # positions that belong to the conversation (kept across answers)
     prompt_next_position: int = 0
     codes: list[int] = field(default_factory=list)  # this answer's codes so far
-    eos_codes: tuple[int, ...] = C.TALKER_EOS_CODES  # transformers' default talker_eos_token_id
-    suppressed: tuple[int, ...] = (C.CODEC_BOS_ID,)
+    eos_codes: tuple[int, ...] = ()  # the codes that end the speech
+    suppressed: tuple[int, ...] = ()  # codes never chosen
     last_hidden: torch.Tensor | None = field(default=None, repr=False)  # the last position's, from the last forward
 
     def __post_init__(self):
@@ -51,7 +54,8 @@ class TalkerStream:
         return self.talker.codec_head(hidden[:, -1]).float()
 
     def project(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.talker.thinker_to_talker_proj(inputs)
+        """The thinker states and reply states, in the talker's width."""
+        raise NotImplementedError
 
     def code_input(self, code) -> torch.Tensor:
         return self.codec_embed(code)
@@ -83,14 +87,12 @@ class TalkerStream:
         self.next_position = first + count
         return logits
 
-    def answer_inputs(self, voice: torch.Tensor, first_reply: torch.Tensor) -> torch.Tensor:
-        """Speaker BOS + codec pad, first reply state + codec BOS (`voice`: the speaker's BOS embedding)."""
-        return torch.cat(
-            [voice + self.codec_embed(C.CODEC_PAD_ID), first_reply + self.codec_embed(C.CODEC_BOS_ID)], dim=1
-        )
+    def answer_inputs(self, voice, first_reply: torch.Tensor) -> torch.Tensor:
+        """The answer's own inputs in the talker's first forward: the voice's, then the first reply state's."""
+        raise NotImplementedError
 
     def frame(self, code: int, residual=None) -> int:
-        """What one chosen code stands for: itself (Qwen3-Omni's talker adds its residual codes)."""
+        """What one chosen code stands for: itself (a family whose frames hold more codes adds them here)."""
         return code
 
     @torch.no_grad()
@@ -120,7 +122,5 @@ class TalkerStream:
         self.codes = []
 
     def penalty_history(self) -> torch.Tensor:
-        """The ids transformers' repetition penalty sees for the talker: the prompt's codec mask, pad and BOS
-        (only their set matters) and the codes so far."""
-        ids = [C.CODEC_MASK_ID, C.CODEC_PAD_ID, C.CODEC_BOS_ID, *self.codes]
-        return torch.tensor([ids], device=self.device)
+        """The ids transformers' repetition penalty sees for the talker."""
+        raise NotImplementedError

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import torch
 
 from model import constants as C
+from model.engine.family import TalkerInputs
 from model.engine.kv_cache import GrowingKV, StaticKV
-from model.engine.talker_inputs import Qwen3TalkerInputs, Qwen25TalkerInputs
 
 VISION_TOKEN_IDS = (C.IMAGE_TOKEN_ID, C.VIDEO_TOKEN_ID)  # both families'
 
@@ -53,7 +53,7 @@ def _deepstack(segments: tuple[Segment, ...]) -> dict:
 class ThinkerStream:
     thinker: object  # Qwen2_5OmniThinkerForConditionalGeneration or Qwen3OmniMoeThinkerForConditionalGeneration
     cache: GrowingKV | StaticKV = None
-    talker_inputs: Qwen25TalkerInputs | Qwen3TalkerInputs | None = None  # None: no talker states kept
+    talker_inputs: TalkerInputs | None = None  # None: no talker states kept
     ids: list[int] = field(default_factory=list)  # every token in the cache, in order
     next_position: int = 0  # rope id of the next text token: one past the largest id so far
     talker_states: list[torch.Tensor] = field(default_factory=list)  # (1, n_i, talker input) per prefill/step

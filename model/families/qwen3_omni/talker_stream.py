@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from model.engine.talker_inputs import Qwen3TalkerInputs
 from model.engine.talker_stream import TalkerStream
+from model.families.qwen3_omni.talker_inputs import Qwen3TalkerInputs
 
 CONTROL_CODES = 1024  # the top of the talker's vocabulary: think/nothink, speakers, pad, BOS, EOS
 

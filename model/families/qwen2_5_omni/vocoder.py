@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from model import constants as C
-from model.engine.dit_window import (
+from model.families.qwen2_5_omni.dit_window import (
     MIN_GUIDANCE_SCALE,
     DiTWindow,
     TimeModulation,
@@ -189,7 +189,7 @@ class VoiceCache:
 class WindowSolver:
     """Solves one voice's windows: the voice prepared once (`prepare`, called at the first window, off the
     first text's path; by default for this solver alone), each window's shared work once per window
-    (model/engine/dit_window.py)."""
+    (model/families/qwen2_5_omni/dit_window.py)."""
 
     def __init__(
         self,

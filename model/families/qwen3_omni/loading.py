@@ -51,6 +51,6 @@ def load_model_weights(directory: Path, device: torch.device, dtype: torch.dtype
 
 
 def processor(directory: Path):
-    from model.processing_qwen3 import Qwen3OmniProcessor
+    from model.families.qwen3_omni.processing import Qwen3OmniProcessor
 
     return Qwen3OmniProcessor.from_pretrained(str(directory))

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from model import constants as C
-from model.tiny_parts import MARKER_FILE, init_tensor, qwen2_bpe_dir
+from model.families.tiny_parts import MARKER_FILE, init_tensor, qwen2_bpe_dir
 
 SEED = 20250922  # Qwen3-Omni's release date; any fixed value works
 RELEASED_CONFIG = C.CONFIGS_DIR / "qwen3-omni-30b-a3b" / "config.as-loaded.json"

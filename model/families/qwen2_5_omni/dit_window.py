@@ -6,7 +6,7 @@ of the 22 layers rebuild its (batch, heads, n, n) block mask, which sdpa then co
 model that shared work was about 40% of a pass. Here the voice's encoding and what depends on the time
 alone (its embedding and every layer's modulation: shift, scale and gate, by pass index, since every
 window's solve walks the same time grid) are made once per voice for every answer (`PreparedVoice` in
-model/engine/token2wav_stream.py), the codes, rotary table and masks once per window. Each pass then runs
+model/families/qwen2_5_omni/vocoder.py), the codes, rotary table and masks once per window. Each pass then runs
 only what depends on the noisy mel, with the very same module calls and operations in the same order, so
 the result is `dit(...)`'s bit for bit (tests/test_token2wav_stream.py).
 """

@@ -1,8 +1,6 @@
-"""What the talker reads from the thinker, for each model family: its prompt states, the reply states it
-speaks from, and the markers that end a reply.
+"""What Qwen3-Omni's talker reads from the thinker: its prompt states, the reply states it speaks from, and
+the markers that end a reply.
 
-Qwen2.5-Omni's talker reads every prompt position (the thinker's input embedding, zeroed at media, plus its
-last hidden state) at the thinker's own rope ids, and each reply token as embedding plus hidden state.
 Qwen3-Omni's talker reads the user turns only (not the system prompt, not earlier answers): text as the
 projected input embedding, audio, image and video positions as the projected hidden state of thinker layer
 `accept_hidden_layer`; its positions count its own sequence. Reply tokens are projected input embeddings, so
@@ -11,7 +9,6 @@ the talker can run one token behind the thinker.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,42 +25,6 @@ def _last_index(ids: list[int], token: int) -> int:
         if ids[index] == token:
             return index
     return -1
-
-
-class Qwen25TalkerInputs:
-    def __init__(self, model, media_ids: tuple[int, ...]):
-        self.thinker = model.thinker
-        self.media_ids = media_ids
-
-    def embed(self, ids: list[int]) -> torch.Tensor:
-        device = self.thinker.lm_head.weight.device
-        return self.thinker.get_input_embeddings()(torch.tensor([ids], device=device))
-
-    def prefilling(self) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()  # the last hidden states are all it reads
-
-    def prompt_states(self, segment, hidden: torch.Tensor, span: slice, before: list[int], next_position: int):
-        """The talker's states for a prefilled segment (its last hidden states are `hidden[:, span]`) and their
-        rope ids: every position, at the thinker's ids."""
-        media = torch.isin(segment.ids, torch.tensor(self.media_ids, device=segment.ids.device))
-        return segment.embeds.masked_fill(media.unsqueeze(-1), 0.0) + hidden[:, span], segment.position_ids
-
-    def reply(self, embeds: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        return embeds + hidden
-
-    def answer_states(self, reply: torch.Tensor, position: torch.Tensor):
-        """A decoded token's entry: later answers' talkers read the conversation's answers too."""
-        return reply, position
-
-    def voice(self, voice: dict) -> torch.Tensor:
-        """The talker's first input for a voice: its BOS text token's embedding."""
-        return self.embed([voice["bos_token"]])
-
-    def reply_end(self) -> torch.Tensor:
-        return self.embed([C.TALKER_TEXT_EOS_ID])
-
-    def reply_pad(self) -> torch.Tensor:
-        return self.embed([C.TALKER_TEXT_PAD_ID])
 
 
 class LayerCapture:

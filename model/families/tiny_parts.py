@@ -1,4 +1,4 @@
-"""What both tiny checkpoints (model/tiny.py, model/tiny_qwen3_omni.py) are made of: each tensor drawn from its
+"""What both tiny checkpoints (model/families/*/tiny.py) are made of: each tensor drawn from its
 name and shape alone, Qwen2's byte-level BPE files, and the marker that says the weights are random."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""transformers' own, non-streaming Qwen3-Omni generation: the oracle for Qwen3-Omni as model/reference.py is
+"""transformers' own, non-streaming Qwen3-Omni generation: the oracle for Qwen3-Omni as model/families/qwen2_5_omni/reference.py is
 for Qwen2.5-Omni. `Qwen3OmniMoeForConditionalGeneration.generate` runs the thinker to the end, then the talker
 with its code predictor, then code2wav over the whole answer; this returns its tokens, every frame's 16
 codes and the waveform.
@@ -11,7 +11,7 @@ import time
 import torch
 
 from model.conversation import Conversation
-from model.reference import ReferenceResult, answer_of, media_inputs, prepare_inputs
+from model.families.qwen2_5_omni.reference import ReferenceResult, answer_of, media_inputs, prepare_inputs
 
 
 @torch.no_grad()

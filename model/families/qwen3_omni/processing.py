@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.processing import OmniProcessor, _read_json
+from model.families.qwen2_5_omni.processing import OmniProcessor, _read_json
 
 N_WINDOW = 50  # the audio encoder's conv chunk is 2 * n_window mel frames (1 s): 13 tokens each
 
