@@ -30,7 +30,7 @@ from model import cases
 from model import constants as C
 from model.conversation import Audio, Video
 from model.engine.events import AnswerSettings
-from model.families.qwen2_5_omni.vocoder import ODE_TIME_POINTS, SOLVERS
+from model.families.qwen2_5_omni.token2wav import ODE_TIME_POINTS, SOLVERS
 from model.media import load_audio, load_video
 
 WARMUP_TOKENS, WARMUP_CODES = 4, 40  # enough for every stage to run once (one token2wav chunk)

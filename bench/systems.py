@@ -25,7 +25,7 @@ from model import constants as C
 from model.conversation import Audio, Conversation, Part, Video
 from model.engine.sampling import Sampling
 from model.families.qwen2_5_omni.reference import TalkerSampling, reference_generate
-from model.families.qwen2_5_omni.vocoder import ODE_TIME_POINTS
+from model.families.qwen2_5_omni.token2wav import ODE_TIME_POINTS
 from model.families.qwen3_omni.reference import reference_generate_qwen3
 from model.session import AnswerDone, AnswerSettings, AudioChunk, OmniSession
 

@@ -27,7 +27,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from model import constants as C  # noqa: E402
-from model.families.qwen2_5_omni.vocoder import FlowSettings, StreamingToken2Wav, Voice, make_noise, solve_mel, vocode  # noqa: E402
+from model.families.qwen2_5_omni.token2wav import FlowSettings, Voice, make_noise, solve_mel, vocode  # noqa: E402
+from model.families.qwen2_5_omni.vocoder import StreamingToken2Wav  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import torch
 
 from model import constants as C
 from model.families import FAMILIES, QWEN2_5_OMNI, Family, LoadError, by_tiny_name
-from model.families.qwen2_5_omni.vocoder import VoiceCache
+from model.families.qwen2_5_omni.token2wav import VoiceCache
 from model.families.tiny_parts import MARKER_FILE
 
 GIB = 1024**3

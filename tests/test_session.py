@@ -17,7 +17,7 @@ from model import constants as C
 from model.conversation import Text
 from model.engine.sampling import Sampling
 from model.families.qwen2_5_omni.reference import TalkerSampling, reference_generate
-from model.families.qwen2_5_omni.vocoder import PreparedVoice
+from model.families.qwen2_5_omni.token2wav import PreparedVoice
 from model.session import AnswerDone, AnswerSettings, AudioChunk, OmniSession, TextDelta
 
 MARGIN_TOLERANCE = 1e-3  # float32 logits of O(10): error between summation orders is well below this

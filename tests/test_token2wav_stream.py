@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from model.families.qwen2_5_omni.vocoder import (
+from model.families.qwen2_5_omni.token2wav import (
     FlowSettings,
     PreparedVoice,
-    StreamingToken2Wav,
     Voice,
     VoiceCache,
     decode_whole,
@@ -28,6 +27,7 @@ from model.families.qwen2_5_omni.vocoder import (
     solve_mel,
     vocode,
 )
+from model.families.qwen2_5_omni.vocoder import StreamingToken2Wav
 
 BLOCK = 24  # DiT block, mel frames
 PAST = 2 * BLOCK  # window context before a chunk

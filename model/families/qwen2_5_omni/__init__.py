@@ -10,7 +10,8 @@ from model.families.family import Family
 from model.families.qwen2_5_omni import loading
 from model.families.qwen2_5_omni.talker_inputs import Qwen25TalkerInputs
 from model.families.qwen2_5_omni.talker_stream import Qwen25TalkerStream
-from model.families.qwen2_5_omni.vocoder import StreamingToken2Wav, VoiceCache
+from model.families.qwen2_5_omni.token2wav import VoiceCache
+from model.families.qwen2_5_omni.vocoder import StreamingToken2Wav
 
 
 class Qwen25Parts:
