@@ -39,8 +39,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests, one line each
     args = parse_args(argv)
+    from model.inputs.limits import MAX_UPLOAD_BYTES
     from model.loading import LoadError, load_omni
-    from model.limits import MAX_UPLOAD_BYTES
     from omni_demo.ui import build_app
 
     try:

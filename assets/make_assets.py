@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 ASSETS = Path(__file__).resolve().parent
 sys.path.insert(0, str(ASSETS.parent))  # run as a script from anywhere: make `model` importable
 
-from model.media import prepare_audio  # noqa: E402
+from model.inputs.media import prepare_audio  # noqa: E402
 
 QUESTION_TEXT = "What do you see in this picture? Describe it briefly."  # about 3 s spoken
 BROWSER_MIC_RATE = 48_000  # what getUserMedia delivers in Chrome and Firefox

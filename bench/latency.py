@@ -26,12 +26,12 @@ import torch  # noqa: E402
 
 from bench.metrics import COUNTS, METRICS, SystemSummary, turn_metrics
 from bench.systems import SYSTEMS, Scenario, measure
-from model import cases
 from model import constants as C
-from model.conversation import Audio, Video
 from model.engine.events import AnswerSettings
 from model.families.qwen2_5_omni.token2wav import ODE_TIME_POINTS, SOLVERS
-from model.media import load_audio, load_video
+from model.inputs import cases
+from model.inputs.conversation import Audio, Video
+from model.inputs.media import load_audio, load_video
 
 WARMUP_TOKENS, WARMUP_CODES = 4, 40  # enough for every stage to run once (one token2wav chunk)
 LABELS = {"reference": "transformers", "engine_whole": "engine, whole input", "engine_live": "engine, live input"}

@@ -21,11 +21,11 @@ import sys
 import numpy as np
 import torch
 
-from model import cases
 from model import constants as C
 from model.engine.events import AnswerDone, AnswerSettings, AudioChunk
 from model.engine.sampling import Sampling
 from model.families.qwen2_5_omni.reference import TalkerSampling, reference_generate
+from model.inputs import cases
 from model.session import OmniSession
 
 CASES = ("text", "audio")

@@ -22,11 +22,11 @@ import numpy as np
 from bench.memory import PeakMemory
 from bench.stages import Span, StageRecorder
 from model import constants as C
-from model.conversation import Audio, Conversation, Part, Video
 from model.engine.sampling import Sampling
 from model.families.qwen2_5_omni.reference import TalkerSampling, reference_generate
 from model.families.qwen2_5_omni.token2wav import ODE_TIME_POINTS
 from model.families.qwen3_omni.reference import reference_generate_qwen3
+from model.inputs.conversation import Audio, Conversation, Part, Video
 from model.session import AnswerDone, AnswerSettings, AudioChunk, OmniSession
 
 SYSTEMS = ("reference", "engine_whole", "engine_live")

@@ -54,9 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def read_parts(files: list[str], text: str | None) -> list:
     """The user turn: the files' parts in order, then the text."""
-    from model.conversation import Text
-    from model.media import MediaError
-    from model.message import parts_from_files
+    from model.inputs.conversation import Text
+    from model.inputs.media import MediaError
+    from model.inputs.message import parts_from_files
 
     try:
         parts = parts_from_files(files)
@@ -71,7 +71,7 @@ def read_parts(files: list[str], text: str | None) -> list:
 
 def feed_live(session, parts: list) -> None:
     """--live: the turn goes in as a live stream (block-wise prefill), files in real time order."""
-    from model.conversation import Text
+    from model.inputs.conversation import Text
 
     if any(isinstance(p, Text) for p in parts):
         raise CliError("--live streams audio and video files; a live turn takes no --text.")

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 import gradio as gr
 import numpy as np
 
-from model.conversation import Part
 from model.engine.events import AnswerSettings, ContextTrimmed
 from model.engine.history import AnswerTurn, LiveTurn, Record, UserTurn, media_seconds
+from model.inputs.conversation import Part
 from model.session import OmniSession
 from omni_demo.tab_model import TabModel
 from omni_demo.view import Answer

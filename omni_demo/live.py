@@ -33,11 +33,11 @@ import soundfile
 from PIL import Image as PILImage
 
 from model import constants as C
-from model.conversation import Part, Text
 from model.engine.events import AnswerSettings
 from model.engine.sampling import TALKER_DEFAULT, Sampling
-from model.limits import UserInputError, live_turn_seconds
-from model.message import parts_from_message
+from model.inputs.conversation import Part, Text
+from model.inputs.limits import UserInputError, live_turn_seconds
+from model.inputs.message import parts_from_message
 from omni_demo.capture import CAMERA_MAX_PIXELS
 from omni_demo.gpu import ZeroGpuModel
 from omni_demo.listener import HeardTurn, Listener, TurnLimit

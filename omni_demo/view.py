@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from model import constants as C
-from model.conversation import Part
+from model.inputs.conversation import Part
 from model.engine.events import (
     AnswerDone,
     AnswerSettings,

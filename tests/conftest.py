@@ -92,7 +92,7 @@ class ReferenceHarness:
         self._results = {}
 
     def conversation(self, name: str):
-        from model import cases
+        from model.inputs import cases
 
         if name == "second_turn":
             return cases.second_turn_case(self.result("text").text)

@@ -71,9 +71,9 @@ def test_an_event_from_a_closed_tab_opens_nothing_and_says_so(live_app):
 
 
 def test_oversized_upload_is_refused_before_decoding(tmp_path):
-    from model.limits import MAX_UPLOAD_BYTES
-    from model.media import MediaError
-    from model.message import parts_from_files
+    from model.inputs.limits import MAX_UPLOAD_BYTES
+    from model.inputs.media import MediaError
+    from model.inputs.message import parts_from_files
 
     with open(tmp_path / "big.mp4", "wb") as f:
         f.truncate(MAX_UPLOAD_BYTES + 1)  # sparse: takes no disk

@@ -1,5 +1,5 @@
 """Bad and unusual files, as users upload them: each decodes correctly or ends in one MediaError sentence
-that names the file, and the limits (model.limits) hold before decoding and while decoding.
+that names the file, and the limits (model.inputs.limits) hold before decoding and while decoding.
 
 Every file is made here, in tmp_path, from the committed assets or with PyAV, soundfile and PIL.
 """
@@ -17,12 +17,12 @@ import pytest
 import soundfile
 from PIL import Image
 
-from model import limits as L
-from model import media
-from model.conversation import Audio, Video
-from model.conversation import Image as ImagePart
-from model.media import MediaError, load_audio, load_image, load_video, media_kind
-from model.message import parts_from_files
+from model.inputs import limits as L
+from model.inputs import media
+from model.inputs.conversation import Audio, Video
+from model.inputs.conversation import Image as ImagePart
+from model.inputs.media import MediaError, load_audio, load_image, load_video, media_kind
+from model.inputs.message import parts_from_files
 
 SR = 16_000
 LOADERS = (load_audio, load_image, load_video, media_kind)
@@ -357,7 +357,7 @@ def test_video_frames_over_the_pixel_limit_are_refused_from_the_header(tmp_path,
 def test_a_message_with_too_many_files_or_too_much_is_refused_before_any_is_opened(tmp_path, monkeypatch, assets):
     """Every file of a message is decoded and held before the model sees any: the count and the total size
     are checked before any file is opened, the number of videos from the headers before any is decoded."""
-    from model import message
+    from model.inputs import message
 
     monkeypatch.setattr(media.Image, "open", lambda *a, **k: pytest.fail("opened"))
     monkeypatch.setattr(media.av, "open", lambda *a, **k: pytest.fail("opened"))

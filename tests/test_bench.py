@@ -18,10 +18,10 @@ import pytest
 import torch
 from test_session import greedy_settings, run
 
-from model import cases
 from model import constants as C
 from model.engine.sampling import Sampling, TokenChooser
 from model.families.qwen2_5_omni.reference import TalkerSampling, reference_generate
+from model.inputs import cases
 from model.session import AnswerSettings, AudioChunk, OmniSession
 
 
@@ -201,8 +201,8 @@ def test_transformers_first_text_is_when_its_first_logits_exist(loaded):
     """Not the end of the thinker's language model: its LM head runs after it, over every prompt position."""
     from bench.stages import StageRecorder
     from bench.systems import Scenario, run_reference
-    from model.conversation import Audio
-    from model.media import load_audio
+    from model.inputs.conversation import Audio
+    from model.inputs.media import load_audio
 
     scenario = Scenario([Audio(load_audio(cases.SPOKEN_QUESTION))], 2.9, tokens=2, codes=30)
     with StageRecorder(loaded.model) as recorder:
@@ -240,8 +240,8 @@ def test_live_input_arrives_in_real_time_order():
     """The live system's schedule: 0.1 s audio chunks when recorded, frames at their timestamps, in order,
     the last arrival at the end of the speech (the benchmark's zero)."""
     from bench.systems import LIVE_CHUNK_SAMPLES, live_arrivals
-    from model.conversation import Audio, Video
-    from model.media import load_video
+    from model.inputs.conversation import Audio, Video
+    from model.inputs.media import load_video
 
     clip = load_video(cases.VIDEO_WITH_SOUND)
     arrivals = live_arrivals([Video(clip)])

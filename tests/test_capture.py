@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from speech import BROWSER_RATE, chunks, speech_48k
 
-from model.media import prepare_audio
+from model.inputs.media import prepare_audio
 from omni_demo.capture import CAMERA_MAX_PIXELS, MicResampler, camera_frame, to_mono_float
 
 

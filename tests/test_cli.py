@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import soundfile
 
-from model import cases
 from model import constants as C
 from model import loading
 from model.cli import main
 from model.families.qwen2_5_omni.reference import TalkerSampling, reference_generate
+from model.inputs import cases
 from model.session import OmniSession
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -193,9 +193,9 @@ def test_a_model_that_does_not_load_exits_2(tmp_path, capsys, model):
 @pytest.mark.parametrize("case", ["audio", "video_with_sound"])
 def test_live_equals_the_engine_fed_live(checkpoint, capsys, case):
     """--live goes through the block-wise path: the same answer as a session fed the file live."""
-    from model.conversation import Audio, Video
     from model.engine.sampling import Sampling
-    from model.media import load_audio, load_video
+    from model.inputs.conversation import Audio, Video
+    from model.inputs.media import load_audio, load_video
     from model.session import AnswerSettings
 
     argv, _ = CASES[case]
@@ -239,10 +239,10 @@ def test_json_streams_its_progress_to_stderr(checkpoint, loaded_once, capsys):
 def test_qwen3_omni_answers_as_transformers(qwen3_dir, qwen3_loaded, capsys, tmp_path, monkeypatch):
     """The same command line serves Qwen3-Omni: its default voice (Ethan) and prompt, no prompt warning, and
     the answer transformers gives, frames of 16 codes and their speech."""
-    from model.conversation import Audio, Conversation
     from model.families.qwen3_omni import loading as Q3
     from model.families.qwen3_omni.reference import reference_generate_qwen3
-    from model.media import load_audio
+    from model.inputs.conversation import Audio, Conversation
+    from model.inputs.media import load_audio
 
     monkeypatch.setattr(loading, "load_omni", lambda spec, device=None: qwen3_loaded)
     out = tmp_path / "answer.wav"

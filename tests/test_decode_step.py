@@ -10,11 +10,11 @@ import torch
 from test_session import assert_same_choices
 
 from model import constants as C
-from model.conversation import Audio, Text
 from model.engine.events import AnswerDone, AnswerSettings, AudioChunk
 from model.engine.kv_cache import GrowingKV, StaticKV
 from model.engine.sampling import Sampling
 from model.engine.thinker_stream import ThinkerStream
+from model.inputs.conversation import Audio, Text
 from model.session import OmniSession
 
 RATE = C.INPUT_SAMPLE_RATE

@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from model import constants as C
-from model.conversation import Text
 from model.engine.live_input import MIN_WINDOW_SAMPLES, SAMPLES_PER_WINDOW, SLOT_SECONDS, STALL_SECONDS
 from model.families.qwen2_5_omni.processing import audio_token_count
-from model.media import load_audio
+from model.inputs.conversation import Text
+from model.inputs.media import load_audio
 from model.session import AnswerSettings, LiveTurn, OmniSession
 
 RATE = C.INPUT_SAMPLE_RATE

@@ -14,11 +14,11 @@ import pytest
 from test_session import assert_same_choices, greedy_settings, run
 
 from model import constants as C
-from model.conversation import Audio, Conversation, Video
 from model.engine.encode import live_audio_features
 from model.families.qwen2_5_omni.reference import TalkerSampling, reference_generate
-from model.media import load_audio, load_video
-from model.media import VideoClip
+from model.inputs.conversation import Audio, Conversation, Video
+from model.inputs.media import load_audio, load_video
+from model.inputs.media import VideoClip
 from model.session import LiveTurn, OmniSession
 
 CHUNK_SAMPLES = 1600  # 0.1 s, like a browser's microphone chunks

@@ -1,4 +1,4 @@
-"""model.media: the committed assets decode to what the model takes, resampling is right, and every bad
+"""model.inputs.media: the committed assets decode to what the model takes, resampling is right, and every bad
 file ends in a MediaError a user can read."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import soundfile
 import torch
 from PIL import Image
 
-from model.media import (
+from model.inputs.media import (
     MediaError,
     VideoClip,
     load_audio,

@@ -20,7 +20,7 @@ from PIL import Image
 
 from model import constants as C
 from model.families.qwen2_5_omni.processing import OmniProcessor, audio_token_count, video_audio_layout
-from model.video_frames import VideoFrameProcessor, resize_frames, resize_frames_float, smart_resize
+from model.inputs.video_frames import VideoFrameProcessor, resize_frames, resize_frames_float, smart_resize
 
 RNG_SEED = 1234
 SYSTEM = {"role": "system", "content": [{"type": "text", "text": C.AUDIO_SYSTEM_PROMPT}]}

@@ -8,11 +8,11 @@ from collections import Counter
 import pytest
 
 from model import constants as C
-from model.conversation import Conversation, Text
 from model.families.qwen2_5_omni.reference import prepare_inputs, reference_generate
-from model.limits import MAX_TEXT_CHARS, UserInputError
-from model.message import NOTHING_TO_ANSWER, parts_from_message
-from model.prompt_text import CONTROL_TOKENS, check_user_text, neutralise_control_tokens
+from model.inputs.conversation import Conversation, Text
+from model.inputs.limits import MAX_TEXT_CHARS, UserInputError
+from model.inputs.message import NOTHING_TO_ANSWER, parts_from_message
+from model.inputs.prompt_text import CONTROL_TOKENS, check_user_text, neutralise_control_tokens
 from model.session import AnswerSettings, OmniSession
 
 

@@ -13,9 +13,9 @@ from transformers.models.qwen3_omni_moe.processing_qwen3_omni_moe import (
     _get_feat_extract_output_lengths,
 )
 
-from model.conversation import Audio, Text
 from model.engine.sampling import Sampling
 from model.families.qwen3_omni import loading as Q3
+from model.inputs.conversation import Audio, Text
 from model.session import AnswerDone, AnswerSettings, AudioChunk, OmniSession
 
 TOKENS = 10

@@ -10,13 +10,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model import cases
-from model.conversation import Audio, Conversation, Image, Text, Video
 from model.engine.sampling import Sampling
 from model.families.qwen3_omni import loading as Q3
 from model.families.qwen3_omni.reference import reference_generate_qwen3
 from model.families.qwen3_omni.vocoder import StreamingCode2Wav
-from model.media import VideoClip, load_audio, load_image, load_video
+from model.inputs import cases
+from model.inputs.conversation import Audio, Conversation, Image, Text, Video
+from model.inputs.media import VideoClip, load_audio, load_image, load_video
 from model.session import AnswerDone, AnswerSettings, AudioChunk, OmniSession
 
 TOKENS, CODES = 12, 40  # the thinker's cap (random weights never choose EOS); the talker's, never reached

@@ -14,10 +14,10 @@ import pytest
 from conftest import HARNESS_CASES
 
 from model import constants as C
-from model.conversation import Text
 from model.engine.sampling import Sampling
 from model.families.qwen2_5_omni.reference import TalkerSampling, reference_generate
 from model.families.qwen2_5_omni.token2wav import PreparedVoice
+from model.inputs.conversation import Text
 from model.session import AnswerDone, AnswerSettings, AudioChunk, OmniSession, TextDelta
 
 MARGIN_TOLERANCE = 1e-3  # float32 logits of O(10): error between summation orders is well below this
@@ -279,8 +279,8 @@ def test_restore_rebuilds_the_same_conversation(loaded, harness, assets):
     """A history carried to a fresh session (a ZeroGPU call's process) gives the same caches and answers."""
     import pickle
 
-    from model.conversation import Audio
-    from model.media import load_audio
+    from model.inputs.conversation import Audio
+    from model.inputs.media import load_audio
 
     first = OmniSession(loaded)
     first.add_user_turn(*harness.conversation("text").turns[0].parts)
@@ -302,9 +302,9 @@ def test_restore_rebuilds_the_same_conversation(loaded, harness, assets):
 def test_a_live_turn_that_starts_late_in_the_context_makes_room_first(loaded, harness, assets):
     """A live turn starting past 3/4 of the model's positions trims the oldest turns before it is fed (it
     raised AttributeError: the trim's restore dropped the live turn being opened)."""
-    from model.conversation import Audio
     from model.families.qwen2_5_omni.processing import audio_token_count
-    from model.media import load_audio
+    from model.inputs.conversation import Audio
+    from model.inputs.media import load_audio
     from model.session import AnswerTurn, LiveTurn, UserTurn
 
     limit = 420
@@ -332,7 +332,7 @@ def test_a_live_turn_that_starts_late_in_the_context_makes_room_first(loaded, ha
 
 
 def test_a_whole_turn_drops_a_live_turn_left_open(loaded, harness, assets):
-    from model.media import load_audio
+    from model.inputs.media import load_audio
 
     session = OmniSession(loaded)
     session.feed_audio(load_audio(assets / "question.wav")[:40000])  # a window is already in the cache

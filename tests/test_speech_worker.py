@@ -15,11 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from model import constants as C
-from model.conversation import Text
 from model.engine.events import AnswerDone, AnswerSettings, AudioChunk
 from model.engine.sampling import Sampling
 from model.engine.speech_worker import InlineSpeech, SpeechWorker
 from model.families.qwen2_5_omni.vocoder import StreamingToken2Wav
+from model.inputs.conversation import Text
 from model.session import OmniSession
 
 FAST = {"solver": "euler", "num_steps": 2}  # one DiT pass per window: the hand-over, not the solver, is tested

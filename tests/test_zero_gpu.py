@@ -21,7 +21,7 @@ def qwen25_7b():
 
 
 def qwen3_30b():
-    from model import tiny_qwen3_omni as Q3
+    from model.families.qwen3_omni import tiny as Q3
 
     return Q3.meta_model(Q3.released_config())
 
@@ -51,7 +51,7 @@ def test_the_call_is_made_with_that_size_through_the_packages_signature(loaded, 
 
 
 def test_auto_on_zero_gpu_takes_qwen3_omni_when_the_space_asks_for_the_whole_card(monkeypatch):
-    from model import loading_qwen3 as Q3
+    from model.families.qwen3_omni import loading as Q3
     from model.loading import ZERO_GPU_SIZE_VARIABLE, choose_model
 
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from model import constants as C
-from model.conversation import Audio, Conversation, Part, Turn
 from model.engine.live_input import SAMPLES_PER_WINDOW
 from model.engine.thinker_stream import Segment
+from model.inputs.conversation import Audio, Conversation, Part, Turn
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from model import constants as C
-from model.conversation import Part
+from model.inputs.conversation import Part
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from model.conversation import Conversation, Part, Text
+from model.inputs.conversation import Conversation, Part, Text
 
 _MARKER = "\x00"  # stands for a turn's content while the template is rendered around it
 

@@ -28,7 +28,6 @@ import numpy as np
 import torch
 
 from model import constants as C
-from model.conversation import Audio, Part, Video
 from model.engine import history as H
 from model.engine.answer import AnswerDecoder
 from model.engine.encode import LivePrompt, PromptEncoder
@@ -38,6 +37,7 @@ from model.engine.kv_cache import GrowingKV, StaticKV
 from model.engine.live_input import LiveTimeline, Window
 from model.engine.prompt import TurnTemplate
 from model.engine.thinker_stream import ThinkerStream
+from model.inputs.conversation import Audio, Part, Video
 
 DECODE_MODES = ("growing", "static", "compiled")
 

@@ -26,7 +26,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from transformers.utils import cached_file
 
 from model import constants as C
-from model.video_frames import VideoFrameProcessor
+from model.inputs.video_frames import VideoFrameProcessor
 
 # Timing of a video's interleaved audio (use_audio_in_video). transformers' processor fixes both; the thinker
 # config carries the same values (`position_id_per_seconds`, `seconds_per_chunk`) for its rope ids, and

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from model import constants as C
-from model.conversation import Conversation
+from model.inputs.conversation import Conversation
 
 
 @dataclass

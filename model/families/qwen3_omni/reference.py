@@ -10,8 +10,8 @@ import time
 
 import torch
 
-from model.conversation import Conversation
 from model.families.qwen2_5_omni.reference import ReferenceResult, answer_of, media_inputs, prepare_inputs
+from model.inputs.conversation import Conversation
 
 
 @torch.no_grad()

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from model import constants as C
-from model.media import VideoClip
-from model.prompt_text import neutralise_control_tokens
+from model.inputs.media import VideoClip
+from model.inputs.prompt_text import neutralise_control_tokens
 
 
 @dataclass
@@ -72,7 +72,7 @@ class Conversation:
         """Chat-template messages and the media lists in prompt order (audio, images, videos).
 
         Every prompt goes through here, so this is where text becomes safe: control-token strings in the
-        system prompt and in text parts are broken so they tokenize as plain text (model.prompt_text).
+        system prompt and in text parts are broken so they tokenize as plain text (model.inputs.prompt_text).
         """
         interleave = self.use_audio_in_video()
         media: dict[str, list] = {"audio": [], "images": [], "videos": []}

@@ -4,8 +4,8 @@ Audio becomes 16 kHz mono float32, images RGB, videos frames sampled the way Qwe
 (2 fps, `qwen-omni-utils` `fetch_video`) plus their audio track. Every failure is a `MediaError` whose
 message can be shown to the user as it is.
 
-The limits of `model.limits` are enforced here, each as early as it can be: the file size before opening,
-the image header's size and the container's declared duration before decoding, the frames counted before
+The limits of `model.inputs.limits` are enforced here, each as early as it can be: the file size before
+opening, the image header's size and the container's declared duration before decoding, the frames counted before
 any is decoded, and the samples decoded as they come (a header can lie about the length).
 """
 
@@ -22,8 +22,8 @@ import numpy as np
 import soundfile
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from model import limits as L
 from model.constants import INPUT_SAMPLE_RATE, VIDEO_FPS
+from model.inputs import limits as L
 
 # libsndfile reads these directly; PyAV (FFmpeg) decodes everything else, including video audio tracks.
 _SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".oga"}

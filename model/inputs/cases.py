@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from model.conversation import Audio, Conversation, Image, Text, Video
-from model.media import load_audio, load_image, load_video
+from model.inputs.conversation import Audio, Conversation, Image, Text, Video
+from model.inputs.media import load_audio, load_image, load_video
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
 
 SPOKEN_QUESTION = ASSETS / "question.wav"
 PICTURE = ASSETS / "scene.png"

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from model.conversation import Audio, Image, Part, Text, Video
-from model.limits import MAX_FILES_PER_MESSAGE, MAX_MESSAGE_BYTES, MAX_VIDEOS_PER_MESSAGE, MIB, UserInputError
-from model.media import load_audio, load_image, load_video, media_kind
-from model.prompt_text import check_user_text
+from model.inputs.conversation import Audio, Image, Part, Text, Video
+from model.inputs.limits import MAX_FILES_PER_MESSAGE, MAX_MESSAGE_BYTES, MAX_VIDEOS_PER_MESSAGE, MIB, UserInputError
+from model.inputs.media import load_audio, load_image, load_video, media_kind
+from model.inputs.prompt_text import check_user_text
 
 NOTHING_TO_ANSWER = "Say, type or upload something first."
 

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.limits import MAX_ASPECT_RATIO
+from model.inputs.limits import MAX_ASPECT_RATIO
 
 # Qwen2_5OmniProcessor passes these to its video processor on every call (its class-level `videos_kwargs`),
 # overriding the `min_pixels`/`max_pixels` of preprocessor_config.json, which are the image budget

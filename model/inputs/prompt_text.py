@@ -16,7 +16,7 @@ import json
 import re
 
 from model import constants as C
-from model.limits import MAX_TEXT_CHARS, UserInputError
+from model.inputs.limits import MAX_TEXT_CHARS, UserInputError
 
 # The released Qwen2.5-Omni tokenizer's added tokens (the same for 7B and 3B; tests check they are all of
 # the loaded tokenizer's). `<tool_call>` and the fim tokens are not "special" but are matched all the same.
