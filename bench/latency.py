@@ -130,8 +130,8 @@ def run(args) -> dict:
 
     loaded, label = load_for_bench(args.model, args.device)
     scenario = make_scenario(args)
-    if hasattr(loaded.model, "code2wav"):  # Qwen3-Omni: --codes counts 80 ms frames of 16 codes
-        scenario = dataclasses.replace(scenario, codes_per_second=C.OUTPUT_SAMPLE_RATE / loaded.model.code2wav.total_upsample)
+    # --codes counts the talker's steps: Qwen2.5-Omni's codes, Qwen3-Omni's 80 ms frames of 16 codes.
+    scenario = dataclasses.replace(scenario, codes_per_second=loaded.family.codes_per_second(loaded.model))
     systems = ["reference"] + [s for s in SYSTEMS if s != "reference" and s in args.systems]
     if not args.no_warmup:  # first calls pay one-off costs (allocations, lazy initialisation)
         warm = dataclasses.replace(scenario, tokens=min(scenario.tokens, WARMUP_TOKENS), codes=min(scenario.codes, WARMUP_CODES))

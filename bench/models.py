@@ -141,7 +141,7 @@ def load_for_bench(spec: str, device: str | None = None, dtype: torch.dtype | No
         loaded = load_omni(spec, device, dtype)
         label = f"tiny random-weight {loaded.family.name} checkpoint" if loaded.is_tiny else loaded.source
     dtype = str(loaded.dtype).removeprefix("torch.")
-    vocoder = f"{dtype} code2wav" if hasattr(loaded.model, "code2wav") else "float32 token2wav"
+    vocoder = loaded.family.describe_vocoder(dtype)
     return loaded, f"{label} on {loaded.device.type} ({dtype} thinker/talker, {vocoder}, {loaded.attn_implementation})"
 
 

@@ -23,9 +23,7 @@ from bench.memory import PeakMemory
 from bench.stages import Span, StageRecorder
 from model import constants as C
 from model.engine.sampling import Sampling
-from model.families.qwen2_5_omni.reference import TalkerSampling, reference_generate
 from model.families.qwen2_5_omni.token2wav import ODE_TIME_POINTS
-from model.families.qwen3_omni.reference import reference_generate_qwen3
 from model.inputs.conversation import Audio, Conversation, Part, Video
 from model.session import AnswerDone, AnswerSettings, AudioChunk, OmniSession
 
@@ -119,30 +117,9 @@ def run_reference(loaded, scenario: Scenario, recorder: StageRecorder) -> TurnRe
     hook = loaded.model.thinker.lm_head.register_forward_hook(lambda *_: heads.append(recorder.now()))
     zero = time.perf_counter()
     try:
-        if hasattr(loaded.model, "code2wav"):  # Qwen3-Omni (greedy; no vocoder noise to fix)
-            result = reference_generate_qwen3(
-                loaded,
-                conversation,
-                voice=scenario.voice,
-                max_new_tokens=scenario.tokens,
-                thinker_min_new_tokens=scenario.tokens,
-                talker_max_new_tokens=scenario.codes + 1,  # transformers keeps one frame fewer than its cap
-                talker_min_new_tokens=scenario.codes,
-                seed=scenario.seed,
-            )
-        else:
-            result = reference_generate(
-                loaded,
-                conversation,
-                voice=scenario.voice,
-                max_new_tokens=scenario.tokens,
-                thinker_min_new_tokens=scenario.tokens,
-                talker_max_new_tokens=scenario.codes,
-                talker_min_new_tokens=scenario.codes,
-                talker=TalkerSampling(greedy=True),
-                seed=scenario.seed,
-                noise_seed=scenario.seed,
-            )
+        result = loaded.family.forced_reference(
+            loaded, conversation, voice=scenario.voice, tokens=scenario.tokens, codes=scenario.codes, seed=scenario.seed
+        )
     finally:
         hook.remove()
     end = time.perf_counter()

@@ -68,6 +68,19 @@ class Family(ABC):
         """transformers' own generate on the same weights: the oracle the engine is checked against
         (reference.py)."""
 
+    # What the benchmark (bench/) asks of a family.
+    @abstractmethod
+    def codes_per_second(self, model) -> float:
+        """Talker steps per second of speech (a step's code, or frame of codes)."""
+
+    @abstractmethod
+    def forced_reference(self, loaded, conversation, *, voice: str, tokens: int, codes: int, seed: int):
+        """transformers' greedy answer of exactly `tokens` thinker tokens and `codes` talker steps (reference.py)."""
+
+    @abstractmethod
+    def describe_vocoder(self, dtype: str) -> str:
+        """The vocoder and the dtype it runs in, given the thinker's ("float32 token2wav")."""
+
     def __repr__(self) -> str:
         return f"<family {self.model_type}>"
 

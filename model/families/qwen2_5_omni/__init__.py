@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from model import constants as C
 from model.engine.events import AnswerSettings
 from model.families.family import Family
 from model.families.qwen2_5_omni import loading
+from model.families.qwen2_5_omni.reference import TalkerSampling, reference_generate
 from model.families.qwen2_5_omni.talker_inputs import Qwen25TalkerInputs
 from model.families.qwen2_5_omni.talker_stream import Qwen25TalkerStream
 from model.families.qwen2_5_omni.token2wav import VoiceCache
@@ -73,9 +75,27 @@ class Qwen25Omni(Family):
         return tiny.build(out_dir)
 
     def reference_generate(self, loaded, conversation, **options):
-        from model.families.qwen2_5_omni.reference import reference_generate
-
         return reference_generate(loaded, conversation, **options)
+
+    def codes_per_second(self, model) -> float:
+        return C.CODES_PER_SECOND
+
+    def forced_reference(self, loaded, conversation, *, voice: str, tokens: int, codes: int, seed: int):
+        return reference_generate(
+            loaded,
+            conversation,
+            voice=voice,
+            max_new_tokens=tokens,
+            thinker_min_new_tokens=tokens,
+            talker_max_new_tokens=codes,
+            talker_min_new_tokens=codes,
+            talker=TalkerSampling(greedy=True),
+            seed=seed,
+            noise_seed=seed,
+        )
+
+    def describe_vocoder(self, dtype: str) -> str:
+        return "float32 token2wav"  # the DiT and BigVGAN run in float32 whatever the thinker's dtype
 
 
 FAMILY = Qwen25Omni()

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from model import constants as C
 from model.engine.events import AnswerSettings
 from model.families.family import Family, LoadError
 from model.families.qwen3_omni import loading
+from model.families.qwen3_omni.reference import reference_generate_qwen3
 from model.families.qwen3_omni.talker_inputs import Qwen3TalkerInputs
 from model.families.qwen3_omni.talker_stream import Qwen3TalkerStream
 from model.families.qwen3_omni.vocoder import StreamingCode2Wav
@@ -61,9 +63,25 @@ class Qwen3Omni(Family):
         return tiny.build(out_dir)
 
     def reference_generate(self, loaded, conversation, **options):
-        from model.families.qwen3_omni.reference import reference_generate_qwen3
-
         return reference_generate_qwen3(loaded, conversation, **options)
+
+    def codes_per_second(self, model) -> float:
+        return C.OUTPUT_SAMPLE_RATE / model.code2wav.total_upsample  # 80 ms frames of 16 codes
+
+    def forced_reference(self, loaded, conversation, *, voice: str, tokens: int, codes: int, seed: int):
+        return reference_generate_qwen3(  # greedy; no vocoder noise to fix
+            loaded,
+            conversation,
+            voice=voice,
+            max_new_tokens=tokens,
+            thinker_min_new_tokens=tokens,
+            talker_max_new_tokens=codes + 1,  # transformers keeps one frame fewer than its cap
+            talker_min_new_tokens=codes,
+            seed=seed,
+        )
+
+    def describe_vocoder(self, dtype: str) -> str:
+        return f"{dtype} code2wav"
 
 
 FAMILY = Qwen3Omni()
