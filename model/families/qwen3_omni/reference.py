@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from model.families.qwen2_5_omni.reference import ReferenceResult, answer_of, media_inputs, prepare_inputs
+from model.families.reference_parts import ReferenceResult, answer_of, media_inputs, prepare_inputs
 from model.inputs.conversation import Conversation
 
 
