@@ -1,4 +1,5 @@
-"""Qwen3-Omni's processor: `OmniProcessor` with Qwen3-Omni's audio token count and video-with-sound layout.
+"""Qwen3-Omni's processor: the shared machinery (`OmniProcessorBase`) with Qwen3-Omni's audio token count, audio
+features and video-with-sound layout.
 
 Its audio features are padded as transformers' Qwen3-Omni processor pads them (to the longest clip).
 Everything else (tokenizer, Whisper log-mel, the PIL image processor, the torch-only video frames, the chat
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.families.qwen2_5_omni.processing import OmniProcessor, _read_json
+from model.families.processing_parts import OmniProcessorBase, _read_json
 
 N_WINDOW = 50  # the audio encoder's conv chunk is 2 * n_window mel frames (1 s): 13 tokens each
 
@@ -23,7 +24,7 @@ def qwen3_audio_token_count(mel_frames: int, n_window: int = N_WINDOW) -> int:
     return ((rest - 1) // 2 + 1 - 1) // 2 + 1 + (mel_frames // chunk) * 13
 
 
-class Qwen3OmniProcessor(OmniProcessor):
+class Qwen3OmniProcessor(OmniProcessorBase):
     def __init__(self, *args, n_window: int = N_WINDOW, **kwargs):
         super().__init__(*args, **kwargs)
         self.n_window = n_window
