@@ -1,5 +1,5 @@
 """A streaming conversation with Qwen2.5-Omni or Qwen3-Omni: input in as it comes, text and speech out as they
-are made (what differs between the two families: model/engine/family.py).
+are made (what differs between the families: model/families/, behind model/engine/family.py).
 
 `OmniSession` coordinates one conversation over the engine's stages:
 

@@ -2,7 +2,7 @@
 
 Input arrives as segments (a turn's prompt, or a block of live input) with their embeddings and 3-D rope
 ids; each is prefilled onto the cache. Decoding feeds one token at a time. Every prefill or step also leaves
-an entry of "talker states", what transformers hands the talker for those positions (model/engine/
+an entry of "talker states", what transformers hands the talker for those positions (the family's
 talker_inputs.py: for Qwen2.5-Omni every position, for Qwen3-Omni user turns only, so an entry may be empty).
 """
 
