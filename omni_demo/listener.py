@@ -67,7 +67,7 @@ class HeardTurn:
 
 @dataclass(frozen=True)
 class TurnLimit:
-    """The longest turn the model can still answer (model.limits.live_turn_seconds), without and with the camera."""
+    """The longest turn the model can still answer (model.inputs.limits.live_turn_seconds), without and with the camera."""
 
     voice_seconds: float
     camera_seconds: float

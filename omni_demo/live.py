@@ -375,7 +375,7 @@ class LiveSession:
 
 
 def turn_limit(loaded, max_positions: int | None = None) -> TurnLimit:
-    """The longest live turn the model can answer, by `model.limits.live_turn_seconds`."""
+    """The longest live turn the model can answer, by `model.inputs.limits.live_turn_seconds`."""
     positions = max_positions or loaded.model.thinker.config.text_config.max_position_embeddings
     return TurnLimit(live_turn_seconds(loaded.processor, positions),
                      live_turn_seconds(loaded.processor, positions, CAMERA_MAX_PIXELS))

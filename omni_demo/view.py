@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from model import constants as C
-from model.inputs.conversation import Part
 from model.engine.events import (
     AnswerDone,
     AnswerSettings,
@@ -25,6 +24,7 @@ from model.engine.events import (
     SpeechPending,
     TextDelta,
 )
+from model.inputs.conversation import Part
 from omni_demo.listener import HeardTurn
 from omni_demo.playback import PlayerFeed, samples_seconds
 from omni_demo.playout import PlaybackClock, SpeechPace

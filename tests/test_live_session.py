@@ -924,7 +924,7 @@ def test_one_tabs_last_speech_never_holds_another_tabs_answer(loaded, worker, mo
 
     from model.engine import answer as answer_module
     from model.engine.speech_worker import SpeechWorker
-    from model.engine.token2wav_stream import StreamingToken2Wav
+    from model.families.qwen2_5_omni.vocoder import StreamingToken2Wav
 
     monkeypatch.setattr(answer_module, "start_speech", lambda stream, threaded=None: SpeechWorker(stream))
     gate, decode = threading.Event(), StreamingToken2Wav._decode

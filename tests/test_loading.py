@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from model import constants as C
+from model.families.qwen3_omni.loading import HUB_ID as Q3_HUB
 from model.loading import (
     GIB,
     LoadError,
@@ -18,7 +19,6 @@ from model.loading import (
     load_omni,
     resolve_checkpoint_dir,
 )
-from model.families.qwen3_omni.loading import HUB_ID as Q3_HUB
 
 
 def test_loaded_tiny_model_dtypes_and_attention(loaded):

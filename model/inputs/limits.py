@@ -3,7 +3,7 @@
 Each limit is checked before the expensive step it protects (file size before opening, the container's
 declared duration and the image header's size before decoding) and again while decoding, so a file whose
 header lies still cannot make the app hold more than the limit allows. Messages for users come from
-`model.media` (files) and `model.prompt_text` (typed text).
+`model.inputs.media` (files) and `model.inputs.prompt_text` (typed text).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ NOTHING_TO_ANSWER = "Say, type or upload something first."
 def parts_from_files(paths: list[str]) -> list[Part]:
     """Decode uploads into model parts, each by its content (not its name).
 
-    Every check that can come before decoding does (model.limits: size, declared duration, header pixels);
+    Every check that can come before decoding does (model.inputs.limits: size, declared duration, header pixels);
     a MediaError names the file and says what is wrong with it in one sentence.
     """
     if len(paths) > MAX_FILES_PER_MESSAGE:
