@@ -12,6 +12,7 @@ from test_browser import (
     open_page,
     start_talking,
     wait_for,
+    wait_for_clips,
 )
 
 from model.families.qwen3_omni import loading as Q3
@@ -37,7 +38,7 @@ def test_a_spoken_question_with_the_camera_is_answered_in_text_and_speech(playwr
         answer = state["answers"][0]
         assert answer["chunks"] >= 2 and answer["samples"] > 0 and answer["stoppedAt"] is None
         assert answer["firstStart"] >= answer["firstArrival"]
-        assert page.locator("#chat").locator("audio").count() >= 2  # the user's clip and the answer's
+        wait_for_clips(page, 2)  # the user's clip and the answer's
         assert_the_heard_turn_reached_the_model(app)
     finally:
         browser.close()

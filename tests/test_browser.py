@@ -71,6 +71,25 @@ def wait_for(page, predicate, what: str, timeout: float = ANSWER_TIMEOUT_S) -> d
     raise AssertionError(f"timed out waiting for {what}: {json.dumps(player(page))[:2000]}")
 
 
+def chat_when(page, predicate, what: str, timeout: float = 30) -> str:
+    """The chat's text once `predicate` holds: the chat is updated by its own stream, so it can show an
+    answer's end moments after the player's feed ended."""
+    deadline = time.monotonic() + timeout
+    while not predicate(text := page.inner_text("#chat")):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for the chat to show {what}: {text[-2000:]}")
+        page.wait_for_timeout(200)
+    return text
+
+
+def wait_for_clips(page, count: int) -> None:
+    """Until the chat shows `count` audio clips. Gradio draws a clip as an <audio>, or as its waveform player,
+    which makes its <audio> only once loaded: they are counted by the message's label. The chat is updated by
+    its own stream, moments after the player's feed ends."""
+    clips = "#chat [aria-label$='a component of type audio']"
+    page.wait_for_function(f"() => document.querySelectorAll(\"{clips}\").length >= {count}", timeout=30_000)
+
+
 def answers_ended(count: int):
     return lambda p: len(p["answers"]) >= count and p["answers"][count - 1]["ended"]
 
@@ -122,9 +141,8 @@ def test_spoken_question_with_camera_streams_text_and_speech(playwright, live_ap
         assert state["linesLost"] == 0  # the player took every line of the feed
         # Never before it came; later only as long as the playout rule holds it (a test of its own, below).
         assert answer["firstStart"] >= answer["firstArrival"]
-        chat = page.locator("#chat")
-        assert chat.locator("audio").count() >= 2  # the user's voice clip and the answer's clip
-        assert chat.locator("img").count() >= 1  # the camera thumbnail
+        wait_for_clips(page, 2)  # the user's voice clip and the answer's clip
+        assert page.locator("#chat img").count() >= 1  # the camera thumbnail
         label = page.inner_text("#chat")
         assert "frames" in label and " s" in label
         turns = page.wait_for_function("() => document.querySelector('#timeline').dataset.turns !== '[]'")
@@ -216,8 +234,8 @@ def test_speaking_during_the_answer_stops_it_and_starts_a_new_turn(playwright, s
         assert first["stoppedAt"] is not None and first["chunks"] >= 1 and not first["ended"]
         assert state["stops"] >= 1 and second["chunks"] >= 1 and second["stoppedAt"] is None
         assert first["stoppedAt"] <= second["firstArrival"]  # stopped before the next answer began
-        chat = page.inner_text("#chat")
-        assert "Interrupted after" in chat and chat.count("🎙️") == 2
+        chat = chat_when(page, lambda c: "Interrupted after" in c and c.count("🎙️") >= 2, "the cut and both turns")
+        assert chat.count("🎙️") == 2
         turns = timeline(page)
         assert [t["interrupted"] for t in turns] == [True, False]
     finally:
