@@ -19,6 +19,7 @@ import soundfile
 import torch
 
 from model import constants as C
+from model.engine.batched_step import DecodeStep
 from model.engine.history import AnswerTurn, Record
 from model.session import OmniSession
 from omni_demo.timings import log_line
@@ -86,9 +87,12 @@ class TabModel:
                 self._heard = []
                 engine.add_user_turn(*answer.parts)
             self.view.open_answer(answer)
-            events = engine.respond(answer.settings)
+            events = engine.respond(answer.settings, batched=True)
             try:
                 for event in events:
+                    if isinstance(event, DecodeStep):  # for the worker, to run with other answers' steps
+                        yield event
+                        continue
                     self.view.show(answer, event, time.time() - answer.timing.turn_end_wall)
                     if answer.stop_requested or self.closed() or self._overdue(answer):
                         engine.interrupt()

@@ -2,9 +2,12 @@
 
 A job is a generator: the worker advances it one step (to its next `yield`: a prefilled window, a text
 delta, an audio chunk) and then moves to the next session, so a short job (one 2 s window's prefill) never
-waits for another session's whole answer, and the answers of up to `max_active` sessions share the model
-step by step. Further sessions wait in arrival order and can be told their place. Each session's own jobs
-run one after another, in the order they were submitted.
+waits for another session's whole answer. The work goes in rounds: each round advances every active
+session's job one step, and the one-token decode steps that answers yield in a round (DecodeStep, from
+`OmniSession.respond(batched=True)`) run together at its end, one forward per decoder for all of them
+(model/engine/batched_step.py), so up to `max_active` answers share each of the model's passes. Further
+sessions wait in arrival order and can be told their place. Each session's own jobs run one after another,
+in the order they were submitted.
 
 Gradio's handlers only submit jobs and return; nothing else touches the model, so no handler ever waits
 for it and the microphone stream never drops audio.
@@ -18,6 +21,8 @@ from collections import deque
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 
+from model.engine.batched_step import DecodeStep, run_steps
+
 log = logging.getLogger(__name__)
 
 
@@ -29,17 +34,23 @@ class Job:
 
 
 class ModelWorker:
-    def __init__(self, max_active: int = 2):
+    def __init__(self, max_active: int = 8, batch: bool = True, thread: bool = True):
+        """`batch`: a round's decode steps run as one forward per decoder; otherwise one after another (the
+        step-interleaved scheduler, for comparison). `thread=False`: no thread of its own; the caller runs
+        the rounds (`run_round`), so a test chooses exactly when each job arrives."""
         if max_active < 1:
             raise ValueError("max_active must be at least 1")
         self.max_active = max_active
+        self.batch = batch
         self._jobs: dict[Hashable, deque[Job]] = {}
         self._active: deque[Hashable] = deque()  # sessions sharing the model, in round-robin order
         self._waiting: deque[Hashable] = deque()  # sessions with work, not yet admitted
         self._lock = threading.Condition()
         self._stopped = False
-        self._thread = threading.Thread(target=self._run, name="model-worker", daemon=True)
-        self._thread.start()
+        self._thread = None
+        if thread:
+            self._thread = threading.Thread(target=self._run, name="model-worker", daemon=True)
+            self._thread.start()
 
     def submit(self, key: Hashable, steps: Iterator, on_error: Callable[[BaseException], None] | None = None) -> None:
         with self._lock:
@@ -83,19 +94,32 @@ class ModelWorker:
             for key in list(self._jobs):
                 self.cancel(key)
             self._lock.notify_all()
-        self._thread.join(timeout=30)
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        else:
+            while self.run_round():
+                pass
 
-    def _next(self) -> tuple[Hashable, Job] | None:
-        """The next session's current job, round robin; None when stopped and drained."""
+    def run_round(self) -> bool:
+        """One round on the caller's thread (a worker made with `thread=False`); False when no work was left."""
+        picked = self._round(block=False)
+        if not picked:
+            return False
+        self._advance_all(picked)
+        return True
+
+    def _round(self, block: bool = True) -> list[tuple[Hashable, Job]] | None:
+        """The current job of every active session, in round-robin order; None when stopped and drained (or,
+        not `block`ing, when no session has work)."""
         with self._lock:
             while True:
                 while self._waiting and len(self._active) < self.max_active:
                     self._active.append(self._waiting.popleft())
                 if self._active:
-                    key = self._active[0]
-                    self._active.rotate(-1)
-                    return key, self._jobs[key][0]
-                if self._stopped:
+                    picked = [(key, self._jobs[key][0]) for key in self._active]
+                    self._active.rotate(-1)  # who goes first changes from round to round
+                    return picked
+                if self._stopped or not block:
                     return None
                 self._lock.wait()
 
@@ -114,28 +138,52 @@ class ModelWorker:
             self._lock.notify_all()
 
     def _run(self) -> None:
-        while (picked := self._next()) is not None:
-            key, job = picked
-            del picked
-            done = self._advance(job)
-            # Drop the job (its error handler holds the session) before anyone can see it finished: `idle`
-            # then means that no session's memory is held here either.
-            del job
-            if done:
-                self._finish(key)
+        while (picked := self._round()) is not None:
+            self._advance_all(picked)
 
-    def _advance(self, job: Job) -> bool:
-        """One step of the job; True when it has finished (ended, failed or cancelled)."""
+    def _advance_all(self, picked: list[tuple[Hashable, Job]]) -> None:
+        """One round: each picked job one step, then the decode steps they asked for, together."""
+        asked: list[tuple[Hashable, Job, DecodeStep]] = []
+        finished = []
+        for key, job in picked:
+            done, step = self._advance(job, lambda: next(job.steps))
+            if step is not None:
+                asked.append((key, job, step))
+            elif done:
+                finished.append(key)
+        picked.clear()  # the caller's list too: no job is held past this round
+        del job
+        if asked:
+            finished += self._decode(asked)
+        # Drop the jobs (their error handlers hold the sessions) before anyone can see them finished:
+        # `idle` then means that no session's memory is held here either.
+        del asked
+        for key in finished:
+            self._finish(key)
+
+    def _decode(self, asked: list[tuple[Hashable, Job, DecodeStep]]) -> list[Hashable]:
+        """The round's decode steps, batched; a failure reaches every job that asked (each recovers its own).
+        Returns the sessions whose job has finished."""
+        try:
+            run_steps([step for _, _, step in asked], batch=self.batch)
+            return []
+        except BaseException as error:  # noqa: BLE001 - the failure belongs to the answers, not to the worker
+            log.exception("a batched decode step failed")
+            return [key for key, job, _ in asked if self._advance(job, lambda: job.steps.throw(error))[0]]
+
+    def _advance(self, job: Job, resume: Callable[[], object]) -> tuple[bool, DecodeStep | None]:
+        """One step of the job (`resume` it); whether it has finished (ended, failed or cancelled), and the
+        decode step it asked for, if any (it runs before the job is touched again)."""
         with self._lock:
             cancelled = job.cancelled
         if cancelled:
             job.steps.close()  # runs the job's own clean-up (finally blocks) on this thread
-            return True
+            return True, None
         try:
-            next(job.steps)
-            return False
+            value = resume()
+            return False, value if isinstance(value, DecodeStep) else None
         except StopIteration:
-            return True
+            return True, None
         except BaseException as error:  # noqa: BLE001 - one session's failure must not stop the others
             log.exception("model job failed")
             if job.on_error is not None:
@@ -143,4 +191,4 @@ class ModelWorker:
                     job.on_error(error)
                 except Exception:  # noqa: BLE001
                     log.exception("error handler failed")
-            return True
+            return True, None

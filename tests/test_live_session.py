@@ -324,14 +324,16 @@ def test_out_of_memory_inside_a_turn_is_reported_and_the_session_goes_on(loaded,
     live = new_session(loaded, worker, text_only=True)
     live.send("First question.", [])
     finish(live, worker)
-    session = engine(live)
-    step = session.thinker.step
+    cache = engine(live).thinker.cache
+    forward = cache.forward
 
-    def out_of_memory(token):
-        session.thinker.step = step  # once
+    def out_of_memory(module, embeds, *args, **kwargs):
+        if embeds.shape[1] > 1:  # the question's prefill
+            return forward(module, embeds, *args, **kwargs)
+        cache.forward = forward  # once: the answer's first decode step, which the worker runs
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    session.thinker.step = out_of_memory
+    cache.forward = out_of_memory
     live.send("Second question.", [])
     finish(live, worker)
     assert "OutOfMemoryError" in live.chat[-1]["content"] and "conversation is kept" in live.chat[-1]["content"]
@@ -736,16 +738,16 @@ def test_a_failure_mid_answer_stops_its_playback_and_a_later_stop_cuts_nothing(l
     live.send("First question.", [])
     finish(live, worker)
     good = [r.tokens for r in engine(live).history if isinstance(r, AnswerTurn)]
-    session = engine(live)
-    step = session.thinker.step
+    cache = engine(live).thinker.cache
+    forward = cache.forward
 
-    def failing_once_speech_is_made(token):
-        if live.answer.chunks:
-            session.thinker.step = step
+    def failing_once_speech_is_made(module, embeds, *args, **kwargs):  # in a decode step the worker runs
+        if live.answer.chunks and embeds.shape[1] == 1:
+            cache.forward = forward
             raise RuntimeError("a fault in the decoder")
-        return step(token)
+        return forward(module, embeds, *args, **kwargs)
 
-    session.thinker.step = failing_once_speech_is_made
+    cache.forward = failing_once_speech_is_made
     live.update(max_new_tokens=400, text_only=False)
     live.send("Tell me a long story.", [])
     finish(live, worker)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from model import constants as C
+from model.engine.batched_step import DecodeStep
 from model.engine.events import (
     AnswerDone,
     AnswerSettings,
@@ -64,9 +65,13 @@ class AnswerDecoder:
         started: float,
         talker_prompt: Callable[[], tuple[torch.Tensor, torch.Tensor] | None] = lambda: None,
         talker_inputs: TalkerInputs | None = None,
+        batched: bool = False,
     ):
-        """`vocoder`: the answer's StreamingToken2Wav or StreamingCode2Wav, None for a text-only answer."""
+        """`vocoder`: the answer's StreamingToken2Wav or StreamingCode2Wav, None for a text-only answer.
+        `batched`: each one-token forward is yielded as a DecodeStep for the caller to run (with other
+        conversations' steps); otherwise run here."""
         self.thinker, self.talker, self.settings = thinker, talker, settings
+        self.batched = batched
         self.interrupt = interrupt
         self.started = started
         self.talker_prompt = talker_prompt  # the conversation the talker has not read yet, for its first forward
@@ -104,12 +109,12 @@ class AnswerDecoder:
         self.text = TextStreamer(tokenizer)
         self.tokens: list[int] = []
         self.codes: list[int] = []
-        self.fed = 0
+        self._fed_from = thinker.length
         self.interrupted = False
         self._code_logits = None
         self._talker_done = not self.speaking
 
-    def events(self, logits: torch.Tensor) -> Iterator[TextDelta | AudioChunk | SpeechPending]:
+    def events(self, logits: torch.Tensor) -> Iterator[TextDelta | AudioChunk | SpeechPending | DecodeStep]:
         if not self.speaking:
             yield from self._decode(logits)
             return
@@ -133,8 +138,9 @@ class AnswerDecoder:
             yield TextDelta(self.text.add(token), token)
             if token == C.IM_END_ID or len(self.tokens) >= self.settings.max_new_tokens:
                 break
-            logits, state = self.thinker.step(token)
-            self.fed += 1
+            step = self.thinker.step_request(token)
+            yield from self._run(step)
+            logits, state = step.result
             history = torch.cat([history, torch.tensor([[token]], device=history.device)], dim=1)
             if not self._talker_done:
                 yield from self._talk_step(state)
@@ -146,6 +152,12 @@ class AnswerDecoder:
             self.speech.finish()
             yield from self._audio(self.speech.rest(self.interrupt))
             self.interrupted = not self.speech.ended  # cut in before the last chunk was made
+
+    @property
+    def fed(self) -> int:
+        """The answer's tokens in the thinker's cache: counted there, so it holds wherever the answer was
+        closed, even between a batched step's run and this answer's next turn."""
+        return self.thinker.length - self._fed_from
 
     def done(self) -> AnswerDone:
         timings = self.timings
@@ -159,7 +171,9 @@ class AnswerDecoder:
         if self._code_logits is None:
             self._code_logits = self.talker.start(self.voice, reply, self.talker_prompt())
         else:
-            self._code_logits = self.talker.step(self.codes[-1], reply)
+            step = self.talker.step_request(self.codes[-1], reply)
+            yield from self._run(step)
+            self._code_logits = step.result
         code = self.talk.choose(self._code_logits, self.talker.penalty_history())
         ends = code in self.talker.eos_codes or len(self.codes) + 1 >= self.settings.talker_max_new_tokens
         self._talker_done = ends
@@ -168,6 +182,14 @@ class AnswerDecoder:
             self.codes.append(frame)
             self.speech.feed([frame])
         yield from self._audio(self.speech.ready())
+
+    def _run(self, step: DecodeStep) -> Iterator[DecodeStep]:
+        if not self.batched:
+            step.run()
+            return
+        yield step  # the model thread's scheduler runs it (batched_step.run_steps) before this goes on
+        if not step.ran:
+            raise RuntimeError("a batched answer was resumed before its decode step ran")
 
     def _audio(self, chunks) -> Iterator[AudioChunk | SpeechPending]:
         for samples in chunks:

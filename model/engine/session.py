@@ -415,7 +415,10 @@ class OmniSession:
     # ------------------------------------------------------------------ the answer
 
     @torch.no_grad()
-    def respond(self, settings: AnswerSettings | None = None) -> Iterator[Event]:
+    def respond(self, settings: AnswerSettings | None = None, batched: bool = False) -> Iterator[Event]:
+        """The answer's events. `batched`: its one-token forwards come out too, as DecodeSteps, for the model
+        thread to run with other conversations' (model/engine/batched_step.py); each must have run before the
+        next event is asked for."""
         settings = settings or AnswerSettings()
         if self._logits is None:
             raise RuntimeError("add a user turn before asking for an answer")
@@ -443,6 +446,7 @@ class OmniSession:
             # The talker's prompt (the conversation so far), in its first forward pass: after the first text.
             talker_prompt=lambda: self._unread_talker_states(through=prompt_states),
             talker_inputs=self.parts.inputs,
+            batched=batched,
         )
         logits, self._logits = self._logits, None
         start = self.thinker.next_position

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from model.engine.batched_step import DecodeStep
 from model.engine.kv_cache import GrowingKV, StaticKV
 
 
@@ -49,7 +50,11 @@ class TalkerStream:
 
     def _forward(self, inputs: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         hidden = self.cache.forward(self.talker.model, self.project(inputs), position_ids)
-        self.length += inputs.shape[1]
+        return self._read(hidden)
+
+    def _read(self, hidden: torch.Tensor) -> torch.Tensor:
+        """After a forward over new positions (`hidden`, their last hidden states): the next code's logits."""
+        self.length += hidden.shape[1]
         self.last_hidden = hidden[:, -1:]
         return self.talker.codec_head(hidden[:, -1]).float()
 
@@ -98,10 +103,21 @@ class TalkerStream:
     @torch.no_grad()
     def step(self, code: int, reply: torch.Tensor) -> torch.Tensor:
         """Feeds the last code with the next reply state; returns the next code's logits."""
-        self.codes.append(code)
+        request = self.step_request(code, reply)
+        request.run()
+        return request.result
+
+    @torch.no_grad()
+    def step_request(self, code: int, reply: torch.Tensor) -> DecodeStep:
+        """`step` as a request for the model thread's scheduler (batched_step.py): nothing changes until it runs."""
         position = torch.full((3, 1, 1), self.next_position, dtype=torch.long, device=self.device)
-        self.next_position += 1
-        return self._forward(self.code_input(code) + reply, position)
+
+        def finish(hidden: torch.Tensor) -> torch.Tensor:
+            self.codes.append(code)
+            self.next_position += 1
+            return self._read(hidden)
+
+        return DecodeStep(self.talker.model, self.cache, self.project(self.code_input(code) + reply), position, finish)
 
     def mark(self) -> tuple[int, int]:
         """Where the conversation's prompt stands now (between answers), for `rewind`."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from model import constants as C
+from model.engine.batched_step import DecodeStep
 from model.engine.family import TalkerInputs
 from model.engine.kv_cache import GrowingKV, StaticKV
 
@@ -126,15 +127,26 @@ class ThinkerStream:
     @torch.no_grad()
     def step(self, token: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Feeds one generated token; returns (logits (1, vocab), its talker state (1, 1, hidden))."""
+        request = self.step_request(token)
+        request.run()
+        return request.result
+
+    @torch.no_grad()
+    def step_request(self, token: int) -> DecodeStep:
+        """`step` as a request for the model thread's scheduler (batched_step.py): nothing changes until it
+        runs; its result is `step`'s."""
         ids = torch.tensor([[token]], device=self.device)
         embeds = self.embed(ids)
         position = torch.full((3, 1, 1), self.next_position, dtype=torch.long, device=self.device)
-        hidden = self._forward(embeds, position)
-        state = self.talker_inputs.reply(embeds, hidden) if self.talker_inputs is not None else None
-        self._add_entry(1, reply=state, position=position)
-        self.ids.append(token)
-        self.next_position += 1
-        return self.thinker.lm_head(hidden[:, -1]), state
+
+        def finish(hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            state = self.talker_inputs.reply(embeds, hidden) if self.talker_inputs is not None else None
+            self._add_entry(1, reply=state, position=position)
+            self.ids.append(token)
+            self.next_position += 1
+            return self.thinker.lm_head(hidden[:, -1]), state
+
+        return DecodeStep(self.thinker.model.language_model, self.cache, embeds, position, finish)
 
     def mark(self) -> tuple[int, int, int]:
         """Where the cache stands now, for `rewind`."""

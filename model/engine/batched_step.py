@@ -1,0 +1,95 @@
+"""One decoder forward for the one-token steps of several conversations.
+
+A decode step reads every weight of the decoder to make one token; on a GPU that costs about the same for
+one sequence as for eight, so the model thread gathers the steps of every answering conversation and runs
+those on the same decoder (the thinker's, or the talker's) as one batch.
+
+A `DecodeStep` is what an answer asks for instead of running its forward (AnswerDecoder with `batched`):
+its input (one position's embedding and rope ids), its conversation's cache, and `finish`, the bookkeeping
+that follows the forward (the cache's length, the talker states, the logits). `run_steps` runs the steps of
+one round: alone, as before, or batched. `finish` runs right after the forward, before anyone sees the
+result, so a conversation's cache and its bookkeeping never disagree, whenever its answer is closed.
+
+Batching: each conversation keeps its own cache (transformers' DynamicCache, GrowingKV). For one batched
+forward their keys and values are left-padded to the longest and stacked; a padding mask hides the pads,
+each row keeps its own 3-D rope ids, and each row's new keys and values go back to its own cache. That
+copies the caches once per step, about what the attention reads anyway, and keeps everything else
+(rewinds, live windows, restores, one conversation's prefill) exactly as it was. Rows may differ from a
+lone forward by float rounding (matrix kernels block a batch differently): tests/test_batched_step.py bounds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+from model.engine.kv_cache import GrowingKV
+
+
+@dataclass(eq=False)
+class DecodeStep:
+    module: Any  # the decoder (the thinker's language model or the talker's model)
+    cache: Any  # the conversation's GrowingKV or StaticKV
+    embeds: torch.Tensor  # (1, 1, hidden)
+    position_ids: torch.Tensor  # (3, 1, 1)
+    finish: Callable[[torch.Tensor], Any]  # the last hidden state (1, 1, hidden) -> the step's result
+    result: Any = field(default=None, repr=False)
+    ran: bool = False
+
+    def run(self) -> None:
+        """This step alone, as a conversation decodes on its own."""
+        self._done(self.cache.forward(self.module, self.embeds, self.position_ids))
+
+    def _done(self, hidden: torch.Tensor) -> None:
+        self.result = self.finish(hidden)
+        self.ran = True
+
+
+def run_steps(steps: list[DecodeStep], batch: bool = True) -> None:
+    """Runs each step once: those on the same decoder in one forward (with `batch`, where their caches allow)."""
+    groups: dict[int, list[DecodeStep]] = {}
+    for step in steps:
+        groups.setdefault(id(step.module), []).append(step)
+    for group in groups.values():
+        if batch and len(group) > 1 and all(isinstance(step.cache, GrowingKV) for step in group):
+            _batched(group)
+        else:
+            for step in group:
+                step.run()
+
+
+@torch.no_grad()
+def _batched(steps: list[DecodeStep]) -> None:
+    lengths = [step.cache.get_seq_length() for step in steps]
+    longest = max(lengths)
+    layers = []
+    for index in range(len(steps[0].cache.layers)):
+        keys, values = [], []
+        for step, length in zip(steps, lengths):
+            layer = step.cache.layers[index]
+            keys.append(F.pad(layer.keys, (0, 0, longest - length, 0)))
+            values.append(F.pad(layer.values, (0, 0, longest - length, 0)))
+        layers.append((torch.cat(keys), torch.cat(values)))
+    stacked = DynamicCache(ddp_cache_data=layers)
+    first = steps[0].embeds
+    mask = torch.zeros((len(steps), longest + 1), dtype=torch.long, device=first.device)
+    for row, length in enumerate(lengths):
+        mask[row, longest - length :] = 1
+    out = steps[0].module(
+        inputs_embeds=torch.cat([step.embeds for step in steps]),
+        position_ids=torch.cat([step.position_ids for step in steps], dim=1),
+        attention_mask=mask,
+        past_key_values=stacked,
+        use_cache=True,
+    )
+    hidden = out.last_hidden_state
+    for row, step in enumerate(steps):
+        own = step.cache.cache
+        for index, layer in enumerate(stacked.layers):
+            own.update(layer.keys[row : row + 1, :, -1:], layer.values[row : row + 1, :, -1:], index)
+        step._done(hidden[row : row + 1])
