@@ -1,7 +1,7 @@
 """Answers decoded together, one forward per decoder for all of them (model/engine/batched_step.py, run by
 the model worker's rounds), give each conversation what it gives alone: the same greedy tokens and codes,
-whichever round each arrives in, whether it is cut off, and whether its conversation was restored from
-history. Schedules are searched by hypothesis, on the real worker run round by round from the test.
+whichever round each arrives in, whether it is cut off, whether its conversation was restored from history,
+and whichever kind of cache it has. Schedules are searched by hypothesis, on the real worker run round by round from the test.
 
 Rows of a batch may round differently from a lone forward (the matrix kernels block a batch differently):
 where a choice differs, its top-2 margin alone must have been within float error (assert_same_choices)."""
@@ -42,8 +42,8 @@ def answer_settings(tokens: int = 10) -> AnswerSettings:
     )
 
 
-def conversation(loaded, restored: bool) -> OmniSession:
-    session = OmniSession(loaded)
+def conversation(loaded, restored: bool, decode: str = "growing") -> OmniSession:
+    session = OmniSession(loaded, decode=decode)
     if restored:
         earlier = OmniSession(loaded)
         earlier.add_user_turn(Text(EARLIER))
@@ -87,6 +87,7 @@ conversations = st.lists(
         "arrives": st.integers(0, 12),  # the round its turn reaches the worker
         "cut_after": st.none() | st.integers(1, 6),  # tokens, then the user cuts in
         "restored": st.booleans(),
+        "decode": st.sampled_from(["growing", "static"]),  # the cache kinds (a GPU's is static), mixed in a batch
     }),
     min_size=2,
     max_size=4,
@@ -95,7 +96,7 @@ conversations = st.lists(
 
 def check_schedule(loaded, plan: list[dict], cache: dict) -> None:
     worker = ModelWorker(max_active=4, thread=False)
-    sessions = [conversation(loaded, p["restored"]) for p in plan]
+    sessions = [conversation(loaded, p["restored"], p["decode"]) for p in plan]
     outs = [{} for _ in plan]
     round_ = 0
     while round_ <= max(p["arrives"] for p in plan) or worker.run_round():

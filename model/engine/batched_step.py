@@ -10,12 +10,13 @@ that follows the forward (the cache's length, the talker states, the logits). `r
 one round: alone, as before, or batched. `finish` runs right after the forward, before anyone sees the
 result, so a conversation's cache and its bookkeeping never disagree, whenever its answer is closed.
 
-Batching: each conversation keeps its own cache (transformers' DynamicCache, GrowingKV). For one batched
-forward their keys and values are left-padded to the longest and stacked; a padding mask hides the pads,
-each row keeps its own 3-D rope ids, and each row's new keys and values go back to its own cache. That
-copies the caches once per step, about what the attention reads anyway, and keeps everything else
-(rewinds, live windows, restores, one conversation's prefill) exactly as it was. Rows may differ from a
-lone forward by float rounding (matrix kernels block a batch differently): tests/test_batched_step.py bounds it.
+Batching: each conversation keeps its own cache (GrowingKV or StaticKV, model/engine/kv_cache.py). For one
+batched forward their keys and values are left-padded to the longest and stacked; a padding mask hides the
+pads, each row keeps its own 3-D rope ids, and each row's new keys and values go back to its own cache. That
+copies the caches once per step, about what the attention reads anyway, and keeps everything else (rewinds,
+live windows, restores, one conversation's prefill, a lone step's compiled form on CUDA) exactly as it was.
+Rows may differ from a lone forward by float rounding (matrix kernels block a batch differently):
+tests/test_batched_step.py bounds it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from model.engine.kv_cache import GrowingKV
 
 
 @dataclass(eq=False)
@@ -51,16 +51,16 @@ class DecodeStep:
 
 
 def run_steps(steps: list[DecodeStep], batch: bool = True) -> None:
-    """Runs each step once: those on the same decoder in one forward (with `batch`, where their caches allow)."""
+    """Runs each step once: those on the same decoder in one forward (with `batch`)."""
     groups: dict[int, list[DecodeStep]] = {}
     for step in steps:
         groups.setdefault(id(step.module), []).append(step)
     for group in groups.values():
-        if batch and len(group) > 1 and all(isinstance(step.cache, GrowingKV) for step in group):
+        if batch and len(group) > 1:
             _batched(group)
         else:
             for step in group:
-                step.run()
+                step.run()  # alone: a static cache's compiled step too
 
 
 @torch.no_grad()
@@ -71,9 +71,9 @@ def _batched(steps: list[DecodeStep]) -> None:
     for index in range(len(steps[0].cache.layers)):
         keys, values = [], []
         for step, length in zip(steps, lengths):
-            layer = step.cache.layers[index]
-            keys.append(F.pad(layer.keys, (0, 0, longest - length, 0)))
-            values.append(F.pad(layer.values, (0, 0, longest - length, 0)))
+            held_keys, held_values = step.cache.held(index)
+            keys.append(F.pad(held_keys, (0, 0, longest - length, 0)))
+            values.append(F.pad(held_values, (0, 0, longest - length, 0)))
         layers.append((torch.cat(keys), torch.cat(values)))
     stacked = DynamicCache(ddp_cache_data=layers)
     first = steps[0].embeds
@@ -89,7 +89,6 @@ def _batched(steps: list[DecodeStep]) -> None:
     )
     hidden = out.last_hidden_state
     for row, step in enumerate(steps):
-        own = step.cache.cache
         for index, layer in enumerate(stacked.layers):
-            own.update(layer.keys[row : row + 1, :, -1:], layer.values[row : row + 1, :, -1:], index)
+            step.cache.append(index, layer.keys[row : row + 1, :, -1:], layer.values[row : row + 1, :, -1:])
         step._done(hidden[row : row + 1])

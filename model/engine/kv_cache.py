@@ -9,7 +9,8 @@ the length. A conversation that outgrows the allocation moves to one twice the s
 captured again, once).
 
 Both take the same calls: `forward(module, embeds, position_ids)` runs the decoder over new positions and
-returns its last hidden states; `keep(length)` forgets everything after `length`.
+returns its last hidden states; `keep(length)` forgets everything after `length`; `held` and `append` read a
+layer's keys and values and add one position's (a batched step, model/engine/batched_step.py).
 """
 
 from __future__ import annotations
@@ -49,6 +50,19 @@ class GrowingKV:
         drop = self.get_seq_length() - length
         if drop:
             self.cache.crop(-drop)
+
+    def held(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer `index`'s keys and values, (1, heads, length, dim) each."""
+        layer = self.cache.layers[index]
+        return layer.keys, layer.values
+
+    def append(self, index: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """One more position's keys and values for layer `index` (a batched step's row); the last layer's
+        append completes the position."""
+        self.cache.update(keys, values, index)
+
+    def nbytes(self) -> int:
+        return sum(layer.keys.nbytes + layer.values.nbytes for layer in self.cache.layers if layer.is_initialized)
 
 
 class StaticKV:
@@ -95,6 +109,24 @@ class StaticKV:
         for layer in self.cache.layers:
             if layer.is_initialized:
                 layer.cumulative_length.fill_(length)  # in place: its address is part of the captured step
+
+    def held(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        layer = self.cache.layers[index]
+        return layer.keys[:, :, : self.length], layer.values[:, :, : self.length]
+
+    def append(self, index: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        if self.length + 1 > self.size:
+            self._grow(self.length + 1)
+        layer = self.cache.layers[index]
+        layer.keys[:, :, self.length] = keys[:, :, 0]
+        layer.values[:, :, self.length] = values[:, :, 0]
+        if index == len(self.cache.layers) - 1:
+            self.length += 1
+            for each in self.cache.layers:
+                each.cumulative_length.fill_(self.length)
+
+    def nbytes(self) -> int:
+        return sum(layer.keys.nbytes + layer.values.nbytes for layer in self.cache.layers if layer.is_initialized)
 
     def _grow(self, needed: int) -> None:
         size = self.size
