@@ -16,6 +16,8 @@ if os.environ.get("SPACE_ID"):  # on Hugging Face Spaces
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from omni_demo.sessions import MAX_TABS
+
     parser = argparse.ArgumentParser(description="Live voice and video chat with Qwen2.5-Omni or Qwen3-Omni.")
     parser.add_argument(
         "--model",
@@ -30,8 +32,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="address to listen on (default 127.0.0.1; 0.0.0.0 on Spaces)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 7860)))
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
-    parser.add_argument("--max-active", type=int, default=2, metavar="N",
-                        help="conversations that share the model step by step; others wait their turn (default 2)")
+    parser.add_argument("--max-active", type=int, default=None, metavar="N",
+                        help="answers made together, in one batched step; others wait their turn "
+                             "(default: what the cache budget holds, at most 16)")
+    parser.add_argument("--cache-gib", type=float, default=None, metavar="GIB",
+                        help="memory for the conversations' caches; idle ones give theirs back past it "
+                             "(default: 60%% of what is free once the model is loaded)")
+    parser.add_argument("--max-tabs", type=int, default=MAX_TABS, metavar="N",
+                        help=f"conversations open at once; a tab past it is told the demo is full (default {MAX_TABS})")
     return parser.parse_args(argv)
 
 
@@ -49,10 +57,11 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     logging.info("loaded %s", loaded.describe())
-    app = build_app(loaded, max_active=args.max_active)
+    app = build_app(loaded, max_active=args.max_active, cache_gib=args.cache_gib, max_tabs=args.max_tabs)
     # Each open tab holds a few threads (its streams and its answer).
     app.demo.launch(
-        server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD_BYTES, max_threads=80
+        server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD_BYTES,
+        max_threads=max(80, 3 * args.max_tabs),
     )
     return 0
 

@@ -43,6 +43,7 @@ from omni_demo.gpu import ZeroGpuModel
 from omni_demo.listener import HeardTurn, Listener, TurnLimit
 from omni_demo.playback import PlayerFeed
 from omni_demo.playout import PlaybackClock, SpeechPace
+from omni_demo.cache_budget import CacheBudget
 from omni_demo.tab_model import TabModel
 from omni_demo.timings import TurnTiming
 from omni_demo.turns import SpeechConfirmed, TurnEnded, TurnSettings
@@ -96,9 +97,9 @@ class ChatSettings:
 class LiveSession:
     def __init__(self, key: str, loaded, worker: ModelWorker, vad=None, zero_gpu: bool = False,
                  turn_timeout_s: float = TURN_TIMEOUT_S, settings: ChatSettings | None = None,
-                 pace: SpeechPace | None = None, max_positions: int | None = None):
+                 pace: SpeechPace | None = None, max_positions: int | None = None, budget: CacheBudget | None = None):
         """`pace`: the server's, shared by its tabs (one model makes everyone's speech). `max_positions`: what
-        a conversation may use (default: the model's)."""
+        a conversation may use (default: the model's). `budget`: the caches' memory, shared by the tabs."""
         self.key = key
         self.loaded = loaded
         self.worker = worker
@@ -113,7 +114,7 @@ class LiveSession:
                                  turn_limit(loaded, max_positions))
         model_class = ZeroGpuModel if zero_gpu else TabModel
         self.model = model_class(key, loaded, self.view, self.directory, self.settings.system_prompt, turn_timeout_s,
-                                 closed=lambda: self.closed, max_positions=max_positions)
+                                 closed=lambda: self.closed, max_positions=max_positions, budget=budget)
         self._mic = threading.Lock()  # one microphone chunk at a time, in order (handlers only)
         self._answers = 0
         self._turns = 0  # turns on the page since it was last cleared (under the view's lock)

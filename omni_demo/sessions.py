@@ -12,6 +12,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+from omni_demo.cache_budget import CacheBudget
 from omni_demo.live import ChatSettings, LiveSession
 from omni_demo.playout import SpeechPace
 from omni_demo.turns import load_vad
@@ -21,6 +22,7 @@ CLOSED_REMEMBERED = 10_000  # recently closed tabs' keys, so an event of theirs 
 # A conversation with no page: closed after this long without an event (and with nothing in flight).
 PAGELESS_IDLE_SECONDS = 300.0
 MAX_PAGELESS = 16  # such conversations at once; each holds a VAD, a folder and, once it speaks, caches
+MAX_TABS = 64  # conversations at once; past the cache budget, idle ones rebuild their caches when they speak
 
 
 class SessionClosed(Exception):
@@ -28,14 +30,20 @@ class SessionClosed(Exception):
 
 
 class SessionRefused(Exception):
-    """A new session past `max_pageless`; the message is for the caller."""
+    """A new session past `max_tabs` or `max_pageless`; the message is for the caller."""
+
+
+def full_message(open_tabs: int) -> str:
+    talking = "1 person is" if open_tabs == 1 else f"{open_tabs} people are"
+    return f"The demo is full: {talking} talking. Try again in a minute."
 
 
 class Sessions:
     def __init__(self, loaded, worker: ModelWorker, zero_gpu: bool = False, defaults: ChatSettings | None = None,
                  on_count: Callable[[int], None] = lambda count: None, idle_seconds: float = PAGELESS_IDLE_SECONDS,
-                 max_pageless: int = MAX_PAGELESS):
-        """`on_count` hears how many tabs are open whenever one opens or closes."""
+                 max_pageless: int = MAX_PAGELESS, max_tabs: int = MAX_TABS, budget: CacheBudget | None = None):
+        """`on_count` hears how many tabs are open whenever one opens or closes. `budget`: the caches' memory,
+        shared by every tab."""
         self.on_count = on_count
         self.loaded = loaded
         self.worker = worker
@@ -44,6 +52,8 @@ class Sessions:
         self.pace = SpeechPace()  # how fast this server makes speech: every tab's player plans with it
         self.idle_seconds = idle_seconds
         self.max_pageless = max_pageless
+        self.max_tabs = max_tabs
+        self.budget = budget
         self._sessions: dict[str, LiveSession] = {}
         self._last_event: dict[str, float] = {}  # time.monotonic() of each session's last event
         self._pages: set[str] = set()  # keys whose page loaded: they end with its heartbeat, not by expiry
@@ -60,22 +70,31 @@ class Sessions:
             self._last_event[key] = time.monotonic()
             session = self._sessions.get(key)
             if session is None:
+                if len(self._sessions) >= self.max_tabs:
+                    del self._last_event[key]
+                    raise SessionRefused(full_message(len(self._sessions)))
                 if key not in self._pages and len(self._pageless()) >= self.max_pageless:
                     del self._last_event[key]
                     raise SessionRefused(f"{self.max_pageless} conversations without a page are open; this server "
                                          "takes no more. Open the page in a browser, or try again later.")
                 # Each tab has its own VAD: Silero keeps the state of the stream it listens to.
                 session = self._sessions[key] = LiveSession(
-                    key, self.loaded, self.worker, load_vad(), self.zero_gpu, settings=self.defaults, pace=self.pace
+                    key, self.loaded, self.worker, load_vad(), self.zero_gpu, settings=self.defaults, pace=self.pace,
+                    budget=self.budget,
                 )
                 self.on_count(len(self._sessions))
             return session
 
-    def page_loaded(self, key: str) -> None:
-        """A browser page opened with this key: its session lives until the page's heartbeat ends."""
+    def page_loaded(self, key: str) -> str | None:
+        """A browser page opened with this key: its session lives until the page's heartbeat ends. Returns
+        what the page must say if the demo is full (its tab has no conversation)."""
         with self._lock:
-            if key not in self._closed:
-                self._pages.add(key)
+            if key in self._closed:
+                return None
+            self._pages.add(key)
+            if key not in self._sessions and len(self._sessions) >= self.max_tabs:
+                return full_message(len(self._sessions))
+            return None
 
     def expire(self, now: float | None = None) -> list[str]:
         """Closes the sessions no page holds that have been idle for `idle_seconds`; returns their keys."""

@@ -22,6 +22,7 @@ from model import constants as C
 from model.engine.batched_step import DecodeStep
 from model.engine.history import AnswerTurn, Record
 from model.session import OmniSession
+from omni_demo.cache_budget import CacheBudget
 from omni_demo.timings import log_line
 from omni_demo.view import Answer, TabView, heard_tokens
 
@@ -31,8 +32,9 @@ MIN_CLIP_SECONDS = 0.1  # an answer cut off before this much of it was heard kee
 
 class TabModel:
     def __init__(self, name: str, loaded, view: TabView, directory: Path, system_prompt: str, turn_timeout_s: float,
-                 closed: Callable[[], bool], max_positions: int | None = None):
-        """`max_positions`: the positions a conversation may use (default: the model's)."""
+                 closed: Callable[[], bool], max_positions: int | None = None, budget: CacheBudget | None = None):
+        """`max_positions`: the positions a conversation may use (default: the model's). `budget`: the
+        caches' memory, shared with the other tabs (omni_demo/cache_budget.py)."""
         self.name = name  # the tab's, for the console
         self.loaded = loaded
         self.view = view
@@ -42,6 +44,9 @@ class TabModel:
         self.closed = closed
         self.max_positions = max_positions
         self._engine: OmniSession | None = None
+        self.budget = budget or CacheBudget(None)
+        self._given_back: list[Record] | None = None  # the history of caches given back, to rebuild them from
+        self._answering = False
         # The live turn being heard, as it was handed over: given again after a failed prefill, so the model
         # still hears the whole turn.
         self._heard: list[tuple[np.ndarray, list]] = []
@@ -54,14 +59,37 @@ class TabModel:
         self._interrupt.set()
 
     def _ready(self) -> OmniSession:
+        """The conversation's engine, its caches rebuilt if they were given back; others give theirs back if
+        the budget needs it."""
+        self.budget.use(self)
         if self._engine is None:
-            self._engine = OmniSession(self.loaded, system_prompt=self.system_prompt, interrupt=self._interrupt,
-                                       max_positions=self.max_positions)
+            engine = OmniSession(self.loaded, system_prompt=self.system_prompt, interrupt=self._interrupt,
+                                 max_positions=self.max_positions)
+            if self._given_back is not None:
+                engine.restore(self._given_back)  # if this fails, the history is still there for the next try
+                self._given_back = None
+            self._engine = engine
         return self._engine
+
+    # ------------------------------------------------------------------ the caches' budget
+
+    @property
+    def idle(self) -> bool:
+        """Holds caches, and no turn is being heard nor answered: they can be given back."""
+        return self._engine is not None and not self._heard and not self._answering
+
+    def cache_bytes(self) -> int:
+        return self._engine.cache_bytes() if self._engine is not None else 0
+
+    def give_back(self) -> None:
+        """Frees the caches; the next turn rebuilds them from the history."""
+        self._given_back, self._engine = self._engine.history, None
 
     @property
     def history(self) -> list[Record]:
-        return self._engine.history if self._engine is not None else []
+        if self._engine is not None:
+            return self._engine.history
+        return list(self._given_back or [])
 
     # ------------------------------------------------------------------ jobs
 
@@ -72,6 +100,13 @@ class TabModel:
 
     def answer(self, answer: Answer, rest: tuple[np.ndarray, list] | None) -> Iterator[None]:
         """Ends the user's turn (the rest of a voice turn, or typed parts) and streams the answer."""
+        self._answering = True
+        try:
+            yield from self._answer(answer, rest)
+        finally:
+            self._answering = False
+
+    def _answer(self, answer: Answer, rest: tuple[np.ndarray, list] | None) -> Iterator[None]:
         engine = self._ready()
         history_start = len(engine.history)
         try:
@@ -123,7 +158,7 @@ class TabModel:
     def clear(self, files: list[Path]) -> Iterator[None]:
         """A fresh conversation; the old caches are freed, and the files the old one had when the user asked
         (`files`: a clip written since, while this job waited, belongs to the new one)."""
-        self._engine, self._heard = None, []
+        self._engine, self._heard, self._given_back = None, [], None
         for path in files:
             path.unlink(missing_ok=True)
         yield
@@ -210,8 +245,8 @@ class TabModel:
             log.info(log_line(self.name, answer.timing, len(answer.tokens)))
 
     def _keep_in_memory(self, keep: int) -> None:
-        if self._engine is not None:
-            self._engine.keep_answer(keep)
+        if self._engine is not None or self._given_back:
+            self._ready().keep_answer(keep)
 
     def _keep_heard(self, answer: Answer, heard_seconds: float) -> None:
         """Cuts the answer, in the model's memory, in the chat and in its clip, to what the user heard."""

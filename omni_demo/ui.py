@@ -9,6 +9,7 @@ each other's diffs, so nothing else writes those.
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,13 +17,15 @@ import gradio as gr
 
 from model import constants as C
 from omni_demo import gpu
+from omni_demo.cache_budget import CacheBudget
 from omni_demo.live import ChatSettings
 from omni_demo.playback import player_script
-from omni_demo.sessions import PAGELESS_IDLE_SECONDS, SessionClosed, SessionRefused, Sessions
+from omni_demo.sessions import MAX_TABS, PAGELESS_IDLE_SECONDS, SessionClosed, SessionRefused, Sessions
 from omni_demo.timings import STAGES, chart, figures, summary
 from omni_demo.view import View
 from omni_demo.worker import ModelWorker
 
+log = logging.getLogger(__name__)
 UPLOAD_TYPES = ["audio", "image", "video"]
 # Microphone chunk length. Shorter ends a turn sooner after the silence (a chunk is judged when it arrives);
 # the handler must stay well under it, since Gradio keeps only the latest chunk of a slow handler.
@@ -77,15 +80,26 @@ def _render(view: View, new_figures: str | None) -> tuple:
     return view.chat, view.player, view.status, last, new_figures, chart(view.timings)
 
 
-def build_app(loaded, max_active: int = 2, zero_gpu: bool | None = None, defaults: ChatSettings | None = None,
-              pageless_idle_seconds: float = PAGELESS_IDLE_SECONDS) -> App:
+def build_app(loaded, max_active: int | None = None, zero_gpu: bool | None = None, defaults: ChatSettings | None = None,
+              pageless_idle_seconds: float = PAGELESS_IDLE_SECONDS, cache_gib: float | None = None,
+              max_tabs: int = MAX_TABS, budget: CacheBudget | None = None) -> App:
     """The page around `loaded`. On ZeroGPU (found from the environment unless told) each turn is one GPU
     call made by the `follow` event; elsewhere the model worker runs everything.
+
+    The caches' memory is a budget (`cache_gib`, or a share of what is free; or `budget` itself): idle
+    conversations give theirs back when it is needed, and `max_active` (default: what the budget holds)
+    answers share each batched step. At most `max_tabs` conversations are open at once.
 
     `send`, `stop` and `clear` are also an API (gradio_client); a conversation that no page opened expires
     after `pageless_idle_seconds` without an event, and only so many exist at once (omni_demo/sessions.py)."""
     zero_gpu = gpu.on_zero_gpu() if zero_gpu is None else zero_gpu
     gpu.serve(loaded)
+    if budget is None:  # on ZeroGPU no cache outlives its call
+        budget = CacheBudget(None) if zero_gpu else CacheBudget.for_model(loaded, cache_gib)
+    max_active = max_active or budget.answers_at_once(loaded)
+    if budget.budget_bytes is not None:
+        log.info("cache budget %.1f GiB: %d answers share each step, %d conversations at most",
+                 budget.budget_bytes / 2**30, max_active, max_tabs)
     worker = ModelWorker(max_active=max_active)
     defaults = defaults or ChatSettings.for_model(loaded)
     family = loaded.family
@@ -93,7 +107,8 @@ def build_app(loaded, max_active: int = 2, zero_gpu: bool | None = None, default
     def pace_queue(open_tabs: int) -> None:
         demo._queue.sleep_when_free = QUEUE_POLL_SECONDS["tabs open" if open_tabs else "no tab open"]
 
-    sessions = Sessions(loaded, worker, zero_gpu, defaults, on_count=pace_queue, idle_seconds=pageless_idle_seconds)
+    sessions = Sessions(loaded, worker, zero_gpu, defaults, on_count=pace_queue, idle_seconds=pageless_idle_seconds,
+                        max_tabs=max_tabs, budget=budget)
     counter = itertools.count(1)  # values for the hidden trigger: each bump must differ from the last
 
     def session(request: gr.Request):
@@ -103,7 +118,7 @@ def build_app(loaded, max_active: int = 2, zero_gpu: bool | None = None, default
             raise gr.Error("This conversation was closed: the page lost its connection to the server. "
                            "Reload the page to start a new one.") from None
         except SessionRefused as refused:
-            raise gr.Error(str(refused)) from None
+            raise gr.Error(str(refused), title="Please wait") from None
 
     def on_mic(chunk, request: gr.Request):
         if chunk is None:
@@ -155,7 +170,8 @@ def build_app(loaded, max_active: int = 2, zero_gpu: bool | None = None, default
         return gr.Markdown(visible=family.prompt_is_fixed and prompt != family.system_prompt)
 
     def on_load(request: gr.Request):
-        sessions.page_loaded(request.session_hash)
+        full = sessions.page_loaded(request.session_hash)
+        return gr.Markdown(f"### ⏳ {full}", visible=True) if full else gr.skip()
 
     def on_unload(request: gr.Request):
         sessions.close(request.session_hash)
@@ -168,6 +184,7 @@ def build_app(loaded, max_active: int = 2, zero_gpu: bool | None = None, default
             "Browsers allow the microphone and the camera only on `localhost` or over https."
         )
         gr.Markdown(f"**Model:** {loaded.describe()}", elem_id="model-status")
+        full_notice = gr.Markdown(visible=False, elem_id="full")  # a page past `max_tabs` says so here
         for note in loaded.notes:
             gr.Markdown(f"> ⚠️ **{note}**", elem_id="model-notice")
         with gr.Row():
@@ -248,7 +265,7 @@ def build_app(loaded, max_active: int = 2, zero_gpu: bool | None = None, default
         # conversation's caches under the new prompt.
         for done in (system_prompt.submit, system_prompt.blur):
             done(on_system_prompt, [system_prompt], [prompt_warning], concurrency_limit=None, api_visibility="private")
-        demo.load(on_load, api_visibility="private")
+        demo.load(on_load, None, [full_notice], api_visibility="private")
         demo.unload(on_unload)
     # Handlers only buffer and return; the model runs on the app's own worker, so Gradio's queue need not
     # serialise anything.
