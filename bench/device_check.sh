@@ -11,6 +11,7 @@
 #                         (where they part, and the engine's top-2 margin there)
 #   latency-7b-*.json     bench.latency on the random-weight 7B: eager (growing cache), then compiled (static
 #   timeline-7b-*.png     cache, torch.compile with CUDA graphs); the figures and each one's timeline
+#   concurrency-7b.json   bench.concurrency on the random-weight 7B: 1, 4, 8 conversations at once
 #   latency-3b.json       the 3B, compiled, if the time allows
 #   latency-qwen3.json    the random-weight Qwen3-Omni-30B-A3B (65.7 GiB in bfloat16), eager, if the time allows
 #
@@ -57,7 +58,7 @@ if not problems:
     else:
         print("gpu", torch.cuda.get_device_name(), f"{torch.cuda.mem_get_info()[1] / 2**30:.0f} GiB", "torch", torch.__version__)
     try:
-        import model.session, bench.latency, bench.parity  # noqa: F401  -- our own code imports here
+        import model.session, bench.latency, bench.parity, bench.concurrency  # noqa: F401  -- our own code imports here
     except Exception as error:  # noqa: BLE001
         problems.append(f"the project's modules ({type(error).__name__}: {error})")
 if problems:
@@ -83,6 +84,9 @@ step 110 "$OUT/latency-7b-eager.json" python3 -m bench.latency --model "$BIG" "$
 # Compiled: the stage hooks do not synchronise (a sync per hook would undo what CUDA graphs and the speech
 # thread's own stream gain); its timeline shows launch times, its figures every overlap.
 step 150 "$OUT/latency-7b-compiled.json" python3 -m bench.latency --model "$BIG" "${BENCH[@]}" --decode compiled --stage-sync off --chart "$OUT/timeline-7b-compiled.png"
+# Many people at once (bench.concurrency): 1, 4 and 8 conversations asked together, batched against the
+# step-interleaved worker and transformers back to back.
+step 150 "$OUT/concurrency-7b.json" python3 -m bench.concurrency --model "$BIG" --device "$DEVICE" --users 1,4,8 --tokens 40 --codes 100 --decode growing --json
 step 90 "$OUT/latency-3b.json" python3 -m bench.latency --model "$SMALL" "${BENCH[@]}" --decode compiled --stage-sync off
 # Qwen3-Omni: --codes counts its 80 ms frames (75: 6 s of speech, as 300 codes of Qwen2.5-Omni).
 step 120 "$OUT/latency-qwen3.json" python3 -m bench.latency --model "$QWEN3" --device "$DEVICE" --tokens 60 --codes 75 --runs 1 --json --decode growing --chart "$OUT/timeline-qwen3.png"
@@ -96,6 +100,13 @@ for path in sorted(out.glob("latency-*.json")):
     except ValueError:
         print(path.name, "holds no result"); continue
     from bench.latency import table
+    print(f"\n{path.name}: {result.get('model')}\n{result.get('device')}\n{result.get('command')}\n{table(result)}")
+for path in sorted(out.glob("concurrency-*.json")):
+    try:
+        result = json.loads(path.read_text())
+    except ValueError:
+        print(path.name, "holds no result"); continue
+    from bench.concurrency import table
     print(f"\n{path.name}: {result.get('model')}\n{result.get('device')}\n{result.get('command')}\n{table(result)}")
 PY
 log "done"

@@ -34,13 +34,11 @@ def free_bytes(device: torch.device) -> int:
 
 
 def bytes_per_position(loaded) -> int:
-    """Keys and values of the thinker's and the talker's decoder layers for one position, and the thinker
-    state the talker reads (both families keep one per position at most)."""
+    """Keys and values of the thinker's and the talker's decoder layers for one position."""
     size = torch.finfo(loaded.dtype).bits // 8
     model = loaded.model
     decoders = [model.thinker.model.language_model] + ([model.talker.model] if hasattr(model, "talker") else [])
-    kv = sum(2 * layer.self_attn.k_proj.out_features for decoder in decoders for layer in decoder.layers)
-    return (kv + model.thinker.config.text_config.hidden_size) * size
+    return size * sum(2 * layer.self_attn.k_proj.out_features for decoder in decoders for layer in decoder.layers)
 
 
 class CacheBudget:

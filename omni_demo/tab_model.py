@@ -19,7 +19,7 @@ import soundfile
 import torch
 
 from model import constants as C
-from model.engine.batched_step import DecodeStep
+from model.engine.batched_step import Step
 from model.engine.history import AnswerTurn, Record
 from model.session import OmniSession
 from omni_demo.cache_budget import CacheBudget
@@ -125,7 +125,7 @@ class TabModel:
             events = engine.respond(answer.settings, batched=True)
             try:
                 for event in events:
-                    if isinstance(event, DecodeStep):  # for the worker, to run with other answers' steps
+                    if isinstance(event, Step):  # for the worker, to run with other answers' steps
                         yield event
                         continue
                     self.view.show(answer, event, time.time() - answer.timing.turn_end_wall)

@@ -3,11 +3,11 @@
 A job is a generator: the worker advances it one step (to its next `yield`: a prefilled window, a text
 delta, an audio chunk) and then moves to the next session, so a short job (one 2 s window's prefill) never
 waits for another session's whole answer. The work goes in rounds: each round advances every active
-session's job one step, and the one-token decode steps that answers yield in a round (DecodeStep, from
-`OmniSession.respond(batched=True)`) run together at its end, one forward per decoder for all of them
-(model/engine/batched_step.py), so up to `max_active` answers share each of the model's passes. Further
-sessions wait in arrival order and can be told their place. Each session's own jobs run one after another,
-in the order they were submitted.
+session's job one step, and the steps that answers hand out in a round (model/engine/batched_step.py: each
+one-token decode forward, each speech window to solve) run together at its end, one batch per kind (one
+forward per decoder, one DiT pass per window length), so up to `max_active` answers share each of the
+model's passes. Further sessions wait in arrival order and can be told their place. Each session's own jobs
+run one after another, in the order they were submitted.
 
 Gradio's handlers only submit jobs and return; nothing else touches the model, so no handler ever waits
 for it and the microphone stream never drops audio.
@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 
-from model.engine.batched_step import DecodeStep, run_steps
+from model.engine.batched_step import Step, run_steps
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class Job:
 
 class ModelWorker:
     def __init__(self, max_active: int = 8, batch: bool = True, thread: bool = True):
-        """`batch`: a round's decode steps run as one forward per decoder; otherwise one after another (the
+        """`batch`: a round's steps run together, each kind in one batch; otherwise one after another (the
         step-interleaved scheduler, for comparison). `thread=False`: no thread of its own; the caller runs
         the rounds (`run_round`), so a test chooses exactly when each job arrives."""
         if max_active < 1:
@@ -142,8 +142,8 @@ class ModelWorker:
             self._advance_all(picked)
 
     def _advance_all(self, picked: list[tuple[Hashable, Job]]) -> None:
-        """One round: each picked job one step, then the decode steps they asked for, together."""
-        asked: list[tuple[Hashable, Job, DecodeStep]] = []
+        """One round: each picked job one step, then the steps they handed out, together."""
+        asked: list[tuple[Hashable, Job, Step]] = []
         finished = []
         for key, job in picked:
             done, step = self._advance(job, lambda: next(job.steps))
@@ -161,19 +161,19 @@ class ModelWorker:
         for key in finished:
             self._finish(key)
 
-    def _decode(self, asked: list[tuple[Hashable, Job, DecodeStep]]) -> list[Hashable]:
-        """The round's decode steps, batched; a failure reaches every job that asked (each recovers its own).
+    def _decode(self, asked: list[tuple[Hashable, Job, Step]]) -> list[Hashable]:
+        """The round's steps, batched; a failure reaches every job that asked (each recovers its own).
         Returns the sessions whose job has finished."""
         try:
             run_steps([step for _, _, step in asked], batch=self.batch)
             return []
         except BaseException as error:  # noqa: BLE001 - the failure belongs to the answers, not to the worker
-            log.exception("a batched decode step failed")
+            log.exception("a batched step failed")
             return [key for key, job, _ in asked if self._advance(job, lambda: job.steps.throw(error))[0]]
 
-    def _advance(self, job: Job, resume: Callable[[], object]) -> tuple[bool, DecodeStep | None]:
+    def _advance(self, job: Job, resume: Callable[[], object]) -> tuple[bool, Step | None]:
         """One step of the job (`resume` it); whether it has finished (ended, failed or cancelled), and the
-        decode step it asked for, if any (it runs before the job is touched again)."""
+        step it handed out, if any (it runs before the job is touched again)."""
         with self._lock:
             cancelled = job.cancelled
         if cancelled:
@@ -181,7 +181,7 @@ class ModelWorker:
             return True, None
         try:
             value = resume()
-            return False, value if isinstance(value, DecodeStep) else None
+            return False, value if isinstance(value, Step) else None
         except StopIteration:
             return True, None
         except BaseException as error:  # noqa: BLE001 - one session's failure must not stop the others

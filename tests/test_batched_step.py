@@ -8,13 +8,16 @@ where a choice differs, its top-2 margin alone must have been within float error
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_session import assert_same_choices
 
 from model import constants as C
-from model.engine.batched_step import DecodeStep, run_steps
+from model.engine.batched_step import DecodeStep, Step, run_steps
 from model.engine.events import AnswerDone, AnswerSettings, TextDelta
 from model.engine.sampling import Sampling
 from model.inputs.conversation import Text
@@ -69,7 +72,7 @@ def answer_job(session: OmniSession, question: str, cut_after: int | None, out: 
     yield
     tokens = 0
     for event in session.respond(answer_settings(), batched=True):
-        if isinstance(event, DecodeStep):
+        if isinstance(event, Step):
             yield event
             continue
         if isinstance(event, TextDelta):
@@ -152,3 +155,47 @@ def test_a_batch_really_is_one_forward(loaded):
     assert calls == [3] and all(step.ran for step in steps)
     lengths = [session.thinker.length for session in sessions]
     assert [step.cache.get_seq_length() for step in steps] == lengths  # each row's keys went to its own cache
+
+
+def test_speech_windows_of_several_answers_are_solved_together_and_sound_the_same(loaded):
+    """Three spoken answers of one length: each chunk's DiT window is solved for the three in one batch (one
+    pass of the DiT for all per ODE step), and each answer's audio is what it gets alone."""
+    from model.engine.events import AudioChunk
+
+    settings = replace(answer_settings(8), min_new_tokens=8, talker_max_new_tokens=60, talker_min_new_tokens=60)
+
+    def audio(events) -> np.ndarray:
+        return np.concatenate([e.samples for e in events if isinstance(e, AudioChunk)])
+
+    alone = []
+    for question in QUESTIONS:
+        session = OmniSession(loaded)
+        session.add_user_turn(Text(question))
+        alone.append(audio(session.respond(settings)))
+
+    events = [[] for _ in QUESTIONS]
+
+    def job(session, question, out):
+        session.add_user_turn(Text(question))
+        yield
+        for event in session.respond(settings, batched=True):
+            out.append(event)
+            yield event if isinstance(event, Step) else None
+
+    rows = []
+    dit = loaded.model.token2wav.code2wav_dit_model
+    hook = dit.input_embed.proj.register_forward_hook(lambda module, args, out: rows.append(out.shape[0]))
+    worker = ModelWorker(max_active=3, thread=False)
+    try:
+        for i, question in enumerate(QUESTIONS):
+            worker.submit(i, job(OmniSession(loaded), question, events[i]))
+        while worker.run_round():
+            pass
+    finally:
+        hook.remove()
+    guided_halves = 2
+    assert rows and set(rows) == {3 * guided_halves}  # every DiT pass ran the three windows together
+    for mine, theirs in zip(events, alone):
+        together = audio(mine)
+        assert together.shape == theirs.shape
+        np.testing.assert_allclose(together, theirs, atol=1e-4)

@@ -272,3 +272,30 @@ def test_the_gpu_check_stops_in_seconds_naming_what_is_missing(tmp_path):
     assert "MISSING: a CUDA GPU" in result.stdout
     assert "stopped: something is missing" in (tmp_path / "summary.txt").read_text()
     assert not (tmp_path / "parity.jsonl").exists()  # no step ran
+
+
+def test_the_concurrency_benchmark_runs_every_scheduler_for_each_user_count(tiny_dir, capsys):
+    """bench.concurrency on the tiny checkpoint: every user of every scheduler got the whole forced answer,
+    and the table's ratios are the figures' own."""
+    from bench.concurrency import SCHEDULERS, main, table
+
+    tokens, codes = 4, 40
+    argv = ["--model", str(tiny_dir), "--device", "cpu", "--users", "1,2", "--tokens", str(tokens),
+            "--codes", str(codes), "--threads", "1", "--json"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["results"]) == set(SCHEDULERS)
+    for scheduler, by_users in result["results"].items():
+        assert set(by_users) == {"1", "2"}
+        for users, figures in by_users.items():
+            wall = figures["wall_s"]
+            assert figures["tokens_per_s"] == pytest.approx(int(users) * tokens / wall), scheduler
+            assert figures["codes_per_s"] == pytest.approx(int(users) * codes / wall), scheduler
+            assert 0 < figures["first_text_s"] <= figures["first_audio_s"] <= wall
+            assert figures["rtf"] > 0
+    result["results"] = {s: {int(n): f for n, f in by_users.items()} for s, by_users in result["results"].items()}
+    rows = table(result).splitlines()[2:]
+    assert len(rows) == 2 * len(SCHEDULERS)
+    batched_two = next(r for r in rows if r.startswith("| batched | 2 |")).split(" | ")
+    alone = result["results"]["batched"][1]["first_text_s"]
+    assert float(batched_two[7]) == pytest.approx(result["results"]["batched"][2]["first_text_worst_s"] / alone, abs=0.01)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from model import constants as C
-from model.engine.batched_step import DecodeStep
+from model.engine.batched_step import DecodeStep, Step
 from model.engine.events import (
     AnswerDone,
     AnswerSettings,
@@ -68,8 +68,8 @@ class AnswerDecoder:
         batched: bool = False,
     ):
         """`vocoder`: the answer's StreamingToken2Wav or StreamingCode2Wav, None for a text-only answer.
-        `batched`: each one-token forward is yielded as a DecodeStep for the caller to run (with other
-        conversations' steps); otherwise run here."""
+        `batched`: each one-token forward is yielded as a DecodeStep, and each speech window (inline) as its
+        vocoder's step, for the caller to run with other conversations' steps; otherwise run here."""
         self.thinker, self.talker, self.settings = thinker, talker, settings
         self.batched = batched
         self.interrupt = interrupt
@@ -114,11 +114,11 @@ class AnswerDecoder:
         self._code_logits = None
         self._talker_done = not self.speaking
 
-    def events(self, logits: torch.Tensor) -> Iterator[TextDelta | AudioChunk | SpeechPending | DecodeStep]:
+    def events(self, logits: torch.Tensor) -> Iterator[TextDelta | AudioChunk | SpeechPending | Step]:
         if not self.speaking:
             yield from self._decode(logits)
             return
-        self.speech = start_speech(self._token2wav, self.settings.speech_thread)
+        self.speech = start_speech(self._token2wav, self.settings.speech_thread, windows=self.batched)
         try:
             yield from self._decode(logits)
         finally:
@@ -150,6 +150,7 @@ class AnswerDecoder:
                 yield from self._talk_step(reply)
                 reply = self.text_pad
             self.speech.finish()
+            yield from self.speech.windows()
             yield from self._audio(self.speech.rest(self.interrupt))
             self.interrupted = not self.speech.ended  # cut in before the last chunk was made
 
@@ -181,6 +182,7 @@ class AnswerDecoder:
             frame = self.talker.frame(code, self.residual)
             self.codes.append(frame)
             self.speech.feed([frame])
+            yield from self.speech.windows()
         yield from self._audio(self.speech.ready())
 
     def _run(self, step: DecodeStep) -> Iterator[DecodeStep]:

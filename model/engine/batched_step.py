@@ -4,7 +4,11 @@ A decode step reads every weight of the decoder to make one token; on a GPU that
 one sequence as for eight, so the model thread gathers the steps of every answering conversation and runs
 those on the same decoder (the thinker's, or the talker's) as one batch.
 
-A `DecodeStep` is what an answer asks for instead of running its forward (AnswerDecoder with `batched`):
+A `Step` is work an answer asks the model thread for instead of doing it (AnswerDecoder with `batched`);
+`run_steps` runs a round's steps, each kind together: the vocoder's windows (a family's, e.g.
+model/families/qwen2_5_omni/token2wav.py's WindowStep), and decode steps.
+
+A `DecodeStep` is what an answer asks for instead of running its forward:
 its input (one position's embedding and rope ids), its conversation's cache, and `finish`, the bookkeeping
 that follows the forward (the cache's length, the talker states, the logits). `run_steps` runs the steps of
 one round: alone, as before, or batched. `finish` runs right after the forward, before anyone sees the
@@ -30,9 +34,24 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 
+class Step:
+    """Work an answer asks the model thread for instead of doing it: run alone (`run`), or with the other
+    answers' steps of its kind (`run_together`). `result` is set when it has run."""
+
+    result: Any = None
+    ran: bool = False
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def run_together(cls, steps: list[Step]) -> None:
+        for step in steps:
+            step.run()
+
 
 @dataclass(eq=False)
-class DecodeStep:
+class DecodeStep(Step):
     module: Any  # the decoder (the thinker's language model or the talker's model)
     cache: Any  # the conversation's GrowingKV or StaticKV
     embeds: torch.Tensor  # (1, 1, hidden)
@@ -49,18 +68,30 @@ class DecodeStep:
         self.result = self.finish(hidden)
         self.ran = True
 
+    @classmethod
+    def run_together(cls, steps: list[DecodeStep]) -> None:
+        """One forward per decoder."""
+        groups: dict[int, list[DecodeStep]] = {}
+        for step in steps:
+            groups.setdefault(id(step.module), []).append(step)
+        for group in groups.values():
+            if len(group) > 1:
+                _batched(group)
+            else:
+                group[0].run()  # alone: a static cache's compiled step too
 
-def run_steps(steps: list[DecodeStep], batch: bool = True) -> None:
-    """Runs each step once: those on the same decoder in one forward (with `batch`)."""
-    groups: dict[int, list[DecodeStep]] = {}
+
+def run_steps(steps: list[Step], batch: bool = True) -> None:
+    """Runs each step once: with `batch`, each kind's together (decode steps, vocoder windows), else alone."""
+    kinds: dict[type, list[Step]] = {}
     for step in steps:
-        groups.setdefault(id(step.module), []).append(step)
-    for group in groups.values():
+        kinds.setdefault(type(step), []).append(step)
+    for kind, group in kinds.items():
         if batch and len(group) > 1:
-            _batched(group)
+            kind.run_together(group)
         else:
             for step in group:
-                step.run()  # alone: a static cache's compiled step too
+                step.run()
 
 
 @torch.no_grad()

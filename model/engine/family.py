@@ -45,7 +45,12 @@ class TalkerInputs(Protocol):
 
 
 class Vocoder(Protocol):
-    """An answer's codes in, audio chunks (24 kHz float32) out as soon as they are final."""
+    """An answer's codes in, audio chunks (24 kHz float32) out as soon as they are final. A stream that
+    `batches_windows` also takes `add(codes)` / `end()` and hands out each chunk's window (`next_window()`,
+    a batched_step.Step whose result is the chunk's audio), so that the windows of several answers are
+    solved together."""
+
+    batches_windows: bool
 
     @property
     def device(self) -> torch.device: ...

@@ -351,10 +351,9 @@ class OmniSession:
         return (states, positions) if states.shape[1] else None  # Qwen3-Omni's talker reads user turns only
 
     def cache_bytes(self) -> int:
-        """The memory the conversation holds: the thinker's and the talker's keys and values, and the states
-        kept for the talker."""
-        held = self.thinker.cache.nbytes() + sum(s.nbytes for s in self.thinker.talker_states if s is not None)
-        return held + (self.talker.cache.nbytes() if self.talker is not None else 0)
+        """The memory of the conversation's caches: the thinker's and the talker's keys and values (the
+        states kept for the talker add about a tenth; not counted, so that this stays cheap to ask)."""
+        return self.thinker.cache.nbytes() + (self.talker.cache.nbytes() if self.talker is not None else 0)
 
     # ------------------------------------------------------------------ history
 

@@ -22,29 +22,53 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
+from model.engine.batched_step import Step
 from model.engine.family import Vocoder as StreamingToken2Wav  # any family's vocoder stream
 
 
-def start_speech(stream: StreamingToken2Wav, threaded: bool | None = None) -> SpeechWorker | InlineSpeech:
-    """`threaded`: None picks the thread on CUDA only (see above)."""
+def start_speech(stream: StreamingToken2Wav, threaded: bool | None = None, windows: bool = False) -> SpeechWorker | InlineSpeech:
+    """`threaded`: None picks the thread on CUDA only (see above). `windows`: inline, each chunk's window is
+    handed out as a step (`windows()`) for the model thread to solve with other answers', where the
+    family's stream can (`batches_windows`)."""
     if threaded is None:
         threaded = stream.device.type == "cuda"
-    return SpeechWorker(stream) if threaded else InlineSpeech(stream)
+    if threaded:
+        return SpeechWorker(stream)
+    return InlineSpeech(stream, windows and stream.batches_windows)
 
 
 class InlineSpeech:
-    """The answer's own thread decodes each chunk as soon as its codes are fed."""
+    """The answer's own thread decodes each chunk as soon as its codes are fed; or, with `windows`, hands
+    each chunk's window out (`windows()`) and takes its audio once it has been solved."""
 
-    def __init__(self, stream: StreamingToken2Wav):
+    def __init__(self, stream: StreamingToken2Wav, windows: bool = False):
         self._stream = stream
+        self._windows = windows
         self._ready: list[np.ndarray] = []
         self.ended = False
 
     def feed(self, codes: Sequence[int]) -> None:
-        self._ready += self._stream.feed(codes)
+        if self._windows:
+            self._stream.add(codes)
+        else:
+            self._ready += self._stream.feed(codes)
 
     def finish(self) -> None:
-        self._ready += self._stream.flush()
+        if self._windows:
+            self._stream.end()
+        else:
+            self._ready += self._stream.flush()
+
+    def windows(self) -> Iterator[Step]:
+        """The windows the codes fed so far make ready, one at a time: each must have run before the next is
+        asked for (the model thread's scheduler runs it); its audio is then ready."""
+        if not self._windows:
+            return
+        while (step := self._stream.next_window()) is not None:
+            yield step
+            if not step.ran:
+                raise RuntimeError("a speech window was not solved before its answer went on")
+            self._ready.append(step.result)
 
     def ready(self) -> list[np.ndarray]:
         chunks, self._ready = self._ready, []
@@ -88,6 +112,10 @@ class SpeechWorker:
     def finish(self) -> None:
         """No more codes: the worker decodes the rest of the answer and ends."""
         self._inbox.put(_FINISH)
+
+    def windows(self) -> Iterator[Step]:
+        """None: this thread solves its windows itself, on its own stream."""
+        return iter(())
 
     def ready(self) -> list[np.ndarray]:
         """The chunks decoded since the last call, without waiting."""

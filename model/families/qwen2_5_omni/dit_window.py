@@ -65,25 +65,37 @@ class TimeModulation:
 
 class DiTWindow:
     """The ODE's right-hand side on one window of `codes` (1, n_codes) for `voice`. Its calls are the passes of
-    one solve, in order; `times` carries their time modulation from window to window."""
+    one solve, in order; `times` carries their time modulation from window to window.
+
+    Several windows of the same length (the answers of several conversations) are solved as one batch:
+    `codes` (rows, n_codes) with one voice per row. The batch holds every row's conditioned half, then every
+    row's unconditioned half, so one row alone is exactly the single window's batch."""
 
     def __init__(
         self,
         dit: torch.nn.Module,
         codes: torch.Tensor,
-        voice: VoiceCondition,
+        voice: VoiceCondition | list[VoiceCondition],
         guidance_scale: float,
         times: TimeModulation,
     ):
-        self.dit, self.guidance_scale, self.guided, self.times = dit, guidance_scale, voice.guided, times
+        voices = voice if isinstance(voice, list) else [voice]
+        self.dit, self.guidance_scale, self.guided, self.times = dit, guidance_scale, voices[0].guided, times
+        self.rows = len(voices)
         self.passes = 0
         frames = codes.shape[1] * dit.config.repeats
-        halves = voice.halves
+        halves = voices[0].halves * self.rows
         code_embed = dit.text_embed(codes, drop_code=False)
-        if voice.guided:
+        if self.guided:
             code_embed = torch.cat([code_embed, dit.text_embed(codes, drop_code=True)], dim=0)
-        reference = voice.reference.unsqueeze(1).repeat(1, frames, 1)
-        speaker = voice.speaker.unsqueeze(1).repeat(1, frames, 1)
+        if self.rows == 1:
+            reference, speaker = voices[0].reference, voices[0].speaker
+        else:  # conditioned halves first, as for one window
+            order = [(half, v) for half in range(voices[0].halves) for v in voices]
+            reference = torch.cat([v.reference[half : half + 1] for half, v in order])
+            speaker = torch.cat([v.speaker[half : half + 1] for half, v in order])
+        reference = reference.unsqueeze(1).repeat(1, frames, 1)
+        speaker = speaker.unsqueeze(1).repeat(1, frames, 1)
         self.conditions = (reference, code_embed, speaker)  # what the input projection reads besides the mel
         positions = torch.arange(frames, device=codes.device)[None, :].repeat(halves, 1)
         probe = torch.empty(0, dtype=reference.dtype, device=codes.device)
@@ -105,6 +117,9 @@ class DiTWindow:
         dit = self.dit
         modulations, (final_scale, final_shift) = self.times.at(self.passes)  # made at this very time
         self.passes += 1
+        if self.rows > 1:  # every row of a modulation is the same time's: repeated for each window
+            modulations = [tuple(m.repeat(self.rows, *[1] * (m.dim() - 1)) for m in layer) for layer in modulations]
+            final_scale, final_shift = (m.repeat(self.rows, 1, 1) for m in (final_scale, final_shift))
         reference, code_embed, speaker = self.conditions
         mel_in = torch.cat([mel, mel], dim=0) if self.guided else mel
         hidden = dit.input_embed.proj(torch.cat((mel_in, reference, code_embed, speaker), dim=-1))

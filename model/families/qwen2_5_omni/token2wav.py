@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from model import constants as C
+from model.engine.batched_step import Step
 from model.families.qwen2_5_omni.dit_window import (
     MIN_GUIDANCE_SCALE,
     DiTWindow,
@@ -201,6 +202,67 @@ class WindowSolver:
         times = ode_time_points(flow.num_steps, flow.sway, self.voice.cond.dtype, codes.device)
         mel = INTEGRATORS[flow.solver](velocity, noise, times)
         return mel.permute(0, 2, 1)
+
+
+@dataclass(eq=False)
+class WindowStep(Step):
+    """One chunk's DiT window, asked for by an answer's vocoder stream (StreamingToken2Wav.next_window) and
+    solved alone or with other answers' windows of the same length (`solve_windows`); `finish` turns its
+    mel into the chunk's audio, right after the solve."""
+
+    solver: WindowSolver
+    codes: list[int]
+    noise: torch.Tensor  # (1, frames, 80)
+    finish: Callable[[torch.Tensor], np.ndarray]
+    result: np.ndarray | None = None
+    ran: bool = False
+
+    def key(self) -> tuple:
+        """Windows with equal keys can be solved in one batch (a stream's own mel solver: never batched)."""
+        solver = self.solver
+        if not isinstance(solver, WindowSolver):
+            return (id(self),)
+        return id(solver.dit), solver.flow, len(self.codes), solver.voice.cond.dtype
+
+    @classmethod
+    def run_together(cls, steps: list[WindowStep]) -> None:
+        solve_windows(steps)
+
+    def run(self) -> None:
+        self._done(self.solver(self.codes, self.noise))
+
+    def _done(self, mel: torch.Tensor) -> None:
+        self.result = self.finish(mel)
+        self.ran = True
+
+
+@torch.no_grad()
+def solve_windows(steps: list[WindowStep]) -> None:
+    """Solves the windows: those of equal length, solver and voice settings in one batch (one DiT pass for all
+    of them per ODE step). A window alone is solved exactly as `WindowSolver` solves it; in a batch its mel
+    may differ from that by float rounding."""
+    groups: dict[tuple, list[WindowStep]] = {}
+    for step in steps:
+        groups.setdefault(step.key(), []).append(step)
+    for group in groups.values():
+        if len(group) == 1:
+            group[0].run()
+            continue
+        first = group[0].solver
+        dit, flow = first.dit, first.flow
+        prepared = []
+        for step in group:
+            if step.solver.prepared is None:
+                step.solver.prepared = step.solver.prepare()
+            prepared.append(step.solver.prepared)
+        codes = torch.cat([_code_tensor(step.codes, dit) for step in group])
+        noise = torch.cat([step.noise.to(device=first.voice.ref_mel.device, dtype=first.voice.ref_mel.dtype)
+                           for step in group])
+        velocity = DiTWindow(dit, codes, [p.condition for p in prepared], flow.guidance_scale, prepared[0].times)
+        times = ode_time_points(flow.num_steps, flow.sway, first.voice.cond.dtype, codes.device)
+        mel = INTEGRATORS[flow.solver](velocity, noise, times).permute(0, 2, 1)
+        for row, step in enumerate(group):
+            step._done(mel[row : row + 1])
 
 
 def solve_mel(

@@ -39,6 +39,7 @@ from model.families.qwen2_5_omni.token2wav import (
     Voice,
     VoiceCache,
     WindowSolver,
+    WindowStep,
     _code_tensor,
     _device,
     make_noise,
@@ -239,6 +240,21 @@ class StreamingToken2Wav:
 
     def feed(self, codes: Sequence[int]) -> list[np.ndarray]:
         """Add the talker's next codes; returns the chunks whose look-ahead is now complete."""
+        self.add(codes)
+        return self._decode_ready()
+
+    def flush(self) -> list[np.ndarray]:
+        """The talker has finished: decode the rest of the answer (all of it in one window if it fits one chunk)."""
+        if self.state.finished:
+            return []
+        self.end()
+        return self._decode_ready()
+
+    # What `feed` and `flush` do in two halves, for a caller that solves the windows of several answers
+    # together (model/engine/speech_worker.py): `add` / `end`, then `next_window` until it gives None.
+    batches_windows = True
+
+    def add(self, codes: Sequence[int]) -> None:
         if self.state.finished:
             raise RuntimeError("this answer was flushed; call reset() before feeding a new one")
         codes = [int(code) for code in codes]
@@ -246,33 +262,45 @@ class StreamingToken2Wav:
         if len(self.state.codes) + len(codes) > self.max_codes:
             raise ValueError(f"the answer exceeds the {self.max_codes} codes that the noise covers; raise max_frames")
         self.state.codes.extend(codes)
-        return self._decode_ready()
 
-    def flush(self) -> list[np.ndarray]:
-        """The talker has finished: decode the rest of the answer (all of it in one window if it fits one chunk)."""
-        if self.state.finished:
-            return []
+    def end(self) -> None:
         self.state.finished = True
-        return self._decode_ready()
+
+    def next_window(self) -> WindowStep | None:
+        """The next chunk's DiT window, if it can be decoded now; its result is the chunk's audio. Nothing
+        changes until it has run, and the next window is asked for only then."""
+        plan = self._next_plan()
+        if plan is None:
+            return None
+        codes, noise = self._window_inputs(plan)
+        return WindowStep(self.solve, codes, noise, partial(self._finish_chunk, plan))
+
+    def _next_plan(self) -> ChunkPlan | None:
+        if self.state.decoded and self.state.decoded[-1].is_last:
+            return None
+        known_frames = len(self.state.codes) * self.mel_frames_per_code
+        return self.schedule.plan(self.state.next_chunk, known_frames, self.state.finished)
 
     def _decode_ready(self) -> list[np.ndarray]:
-        known_frames = len(self.state.codes) * self.mel_frames_per_code
         chunks = []
-        while (plan := self.schedule.plan(self.state.next_chunk, known_frames, self.state.finished)) is not None:
+        while (plan := self._next_plan()) is not None:
             chunks.append(self._decode(plan))
-            self.state.next_chunk += 1
-            self.state.decoded.append(plan)
-            if plan.is_last:
-                break
         return chunks
 
     def _decode(self, plan: ChunkPlan) -> np.ndarray:
+        return self._finish_chunk(plan, self.solve(*self._window_inputs(plan)))
+
+    def _window_inputs(self, plan: ChunkPlan) -> tuple[list[int], torch.Tensor]:
         per_code = self.mel_frames_per_code
         window_codes = self.state.codes[plan.window_start // per_code : plan.window_end // per_code]
         if self.noise is None:
             self.noise = self._draw_noise(plan)
-        window_noise = self.noise[:, plan.window_start : plan.window_end]
-        window_mel = self.solve(window_codes, window_noise)
+        return window_codes, self.noise[:, plan.window_start : plan.window_end]
+
+    def _finish_chunk(self, plan: ChunkPlan, window_mel: torch.Tensor) -> np.ndarray:
+        """The chunk's audio from its window's mel: BigVGAN over it with its left context."""
+        self.state.next_chunk += 1
+        self.state.decoded.append(plan)
         chunk_mel = window_mel[:, :, plan.start - plan.window_start : plan.end - plan.window_start]
 
         context_frames = plan.start - plan.vocoder_start

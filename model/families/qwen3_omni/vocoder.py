@@ -26,6 +26,8 @@ CONV_CONTEXT = 16
 
 
 class StreamingCode2Wav:
+    batches_windows = False  # each answer's windows are decoded on their own (batching them: not yet)
+
     def __init__(self, code2wav, first_chunk_frames: int = 4, chunk_frames: int = 12, max_chunk_frames: int = 48):
         """The first audio after `first_chunk_frames` frames (80 ms each); then chunks of `chunk_frames`,
         doubling up to `max_chunk_frames` (fewer calls per second of speech once playback has a lead)."""
