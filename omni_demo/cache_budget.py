@@ -69,7 +69,8 @@ class CacheBudget:
 
     def use(self, holder) -> None:
         """`holder` (a TabModel) is about to use its caches: the others give theirs back, idle ones first used
-        longest ago, until what is held fits the budget (as far as idle ones can make it)."""
+        longest ago, until what is held (and reserved for caches being rebuilt) fits the budget, as far as
+        idle ones can make it."""
         self._used[holder] = next(self._clock)
         if self.budget_bytes is None:
             return

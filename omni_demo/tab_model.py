@@ -46,6 +46,8 @@ class TabModel:
         self._engine: OmniSession | None = None
         self.budget = budget or CacheBudget(None)
         self._given_back: list[Record] | None = None  # the history of caches given back, to rebuild them from
+        self._given_back_bytes = 0  # what they held
+        self._reserved = 0  # the same, while they are being rebuilt
         self._answering = False
         # The live turn being heard, as it was handed over: given again after a failed prefill, so the model
         # still hears the whole turn.
@@ -61,15 +63,26 @@ class TabModel:
     def _ready(self) -> OmniSession:
         """The conversation's engine, its caches rebuilt if they were given back; others give theirs back if
         the budget needs it."""
+        for _ in self._rebuilding():
+            pass
+        return self._engine
+
+    def _rebuilding(self) -> Iterator[None]:
+        """`_ready` as job steps: caches given back are rebuilt a turn per step, so a long conversation's
+        rebuild never holds the other answers' speech for long."""
+        if self._engine is None and self._given_back is not None:
+            self._reserved = self._given_back_bytes  # counted as held while they are rebuilt
         self.budget.use(self)
         if self._engine is None:
             engine = OmniSession(self.loaded, system_prompt=self.system_prompt, interrupt=self._interrupt,
                                  max_positions=self.max_positions)
             if self._given_back is not None:
-                engine.restore(self._given_back)  # if this fails, the history is still there for the next try
-                self._given_back = None
+                try:
+                    yield from engine.restoring(self._given_back)  # if it fails, the history stays for the next try
+                finally:
+                    self._reserved = 0
+                self._given_back, self._given_back_bytes = None, 0
             self._engine = engine
-        return self._engine
 
     # ------------------------------------------------------------------ the caches' budget
 
@@ -79,11 +92,12 @@ class TabModel:
         return self._engine is not None and not self._heard and not self._answering
 
     def cache_bytes(self) -> int:
-        return self._engine.cache_bytes() if self._engine is not None else 0
+        return self._engine.cache_bytes() if self._engine is not None else self._reserved
 
     def give_back(self) -> None:
         """Frees the caches; the next turn rebuilds them from the history."""
-        self._given_back, self._engine = self._engine.history, None
+        self._given_back, self._given_back_bytes = self._engine.history, self._engine.cache_bytes()
+        self._engine = None
 
     @property
     def history(self) -> list[Record]:
@@ -95,6 +109,7 @@ class TabModel:
 
     def feed(self, audio: np.ndarray, frames: list) -> Iterator[None]:
         """More of the live turn being heard; its settled windows are prefilled."""
+        yield from self._rebuilding()
         self._hear(audio, frames)
         yield
 
@@ -107,6 +122,11 @@ class TabModel:
             self._answering = False
 
     def _answer(self, answer: Answer, rest: tuple[np.ndarray, list] | None) -> Iterator[None]:
+        try:
+            yield from self._rebuilding()
+        except Exception as error:  # noqa: BLE001 - the history is kept; the next turn tries again
+            self.recover(error, answer)
+            return
         engine = self._ready()
         history_start = len(engine.history)
         try:
@@ -158,7 +178,7 @@ class TabModel:
     def clear(self, files: list[Path]) -> Iterator[None]:
         """A fresh conversation; the old caches are freed, and the files the old one had when the user asked
         (`files`: a clip written since, while this job waited, belongs to the new one)."""
-        self._engine, self._heard, self._given_back = None, [], None
+        self._engine, self._heard, self._given_back, self._given_back_bytes = None, [], None, 0
         for path in files:
             path.unlink(missing_ok=True)
         yield

@@ -157,22 +157,9 @@ def test_a_batch_really_is_one_forward(loaded):
     assert [step.cache.get_seq_length() for step in steps] == lengths  # each row's keys went to its own cache
 
 
-def test_speech_windows_of_several_answers_are_solved_together_and_sound_the_same(loaded):
-    """Three spoken answers of one length: each chunk's DiT window is solved for the three in one batch (one
-    pass of the DiT for all per ODE step), and each answer's audio is what it gets alone."""
-    from model.engine.events import AudioChunk
-
-    settings = replace(answer_settings(8), min_new_tokens=8, talker_max_new_tokens=60, talker_min_new_tokens=60)
-
-    def audio(events) -> np.ndarray:
-        return np.concatenate([e.samples for e in events if isinstance(e, AudioChunk)])
-
-    alone = []
-    for question in QUESTIONS:
-        session = OmniSession(loaded)
-        session.add_user_turn(Text(question))
-        alone.append(audio(session.respond(settings)))
-
+def answered_together(loaded, settings: AnswerSettings, hooks: list) -> list[list]:
+    """Each question's answer events, the three answers made together on a worker run round by round;
+    `hooks` (module, list): the batch size of each call of each module is appended to its list."""
     events = [[] for _ in QUESTIONS]
 
     def job(session, question, out):
@@ -182,9 +169,10 @@ def test_speech_windows_of_several_answers_are_solved_together_and_sound_the_sam
             out.append(event)
             yield event if isinstance(event, Step) else None
 
-    rows = []
-    dit = loaded.model.token2wav.code2wav_dit_model
-    hook = dit.input_embed.proj.register_forward_hook(lambda module, args, out: rows.append(out.shape[0]))
+    def recorder(sizes):
+        return lambda module, args, kwargs, out: sizes.append((args[0] if args else kwargs["inputs_embeds"]).shape[0])
+
+    handles = [module.register_forward_hook(recorder(sizes), with_kwargs=True) for module, sizes in hooks]
     worker = ModelWorker(max_active=3, thread=False)
     try:
         for i, question in enumerate(QUESTIONS):
@@ -192,10 +180,52 @@ def test_speech_windows_of_several_answers_are_solved_together_and_sound_the_sam
         while worker.run_round():
             pass
     finally:
-        hook.remove()
+        for handle in handles:
+            handle.remove()
+    return events
+
+
+def answered_alone(loaded, settings: AnswerSettings) -> list[list]:
+    answers = []
+    for question in QUESTIONS:
+        session = OmniSession(loaded)
+        session.add_user_turn(Text(question))
+        answers.append(list(session.respond(settings)))
+    return answers
+
+
+def audio(events) -> np.ndarray:
+    from model.engine.events import AudioChunk
+
+    return np.concatenate([e.samples for e in events if isinstance(e, AudioChunk)])
+
+
+def test_speech_windows_of_several_answers_are_solved_together_and_sound_the_same(loaded):
+    """Three spoken answers of one length: each chunk's DiT window is solved for the three in one batch (one
+    pass of the DiT for all per ODE step) and vocoded in one BigVGAN call, and each answer's audio is what it
+    gets alone, within float rounding."""
+    settings = replace(answer_settings(8), min_new_tokens=8, talker_max_new_tokens=60, talker_min_new_tokens=60)
+    token2wav = loaded.model.token2wav
+    rows, vocoded = [], []
+    together = answered_together(loaded, settings, [(token2wav.code2wav_dit_model.input_embed.proj, rows),
+                                                    (token2wav.code2wav_bigvgan_model, vocoded)])
     guided_halves = 2
     assert rows and set(rows) == {3 * guided_halves}  # every DiT pass ran the three windows together
-    for mine, theirs in zip(events, alone):
-        together = audio(mine)
-        assert together.shape == theirs.shape
-        np.testing.assert_allclose(together, theirs, atol=1e-4)
+    assert vocoded and set(vocoded) == {3}  # and every BigVGAN call the three chunks
+    for mine, theirs in zip(together, answered_alone(loaded, settings)):
+        # BigVGAN's convolutions over a batch round differently: 1.6e-4 at most, here (-76 dB).
+        np.testing.assert_allclose(audio(mine), audio(theirs), atol=1e-3)
+
+
+def test_qwen3_omni_frames_of_several_answers_are_predicted_together(qwen3_loaded):
+    """Qwen3-Omni's code predictor (15 passes per 80 ms frame) runs once for the three answers' frames, and
+    each answer's frames and audio are what it gets alone."""
+    settings = replace(answer_settings(8), min_new_tokens=8, talker_max_new_tokens=12, talker_min_new_tokens=12)
+    rows = []
+    together = answered_together(qwen3_loaded, settings, [(qwen3_loaded.model.talker.code_predictor.model, rows)])
+    assert rows and set(rows) == {3}
+    for mine, theirs in zip(together, answered_alone(qwen3_loaded, settings)):
+        mine_done, their_done = mine[-1], theirs[-1]
+        assert_same_choices(mine_done.codes, their_done.codes, their_done.code_margins)
+        if mine_done.codes == their_done.codes:
+            np.testing.assert_allclose(audio(mine), audio(theirs), atol=1e-4)

@@ -21,7 +21,8 @@ QUESTIONS = [("Hello, who are you?", "And what can you do?"), ("Name a colour.",
 
 
 def kept_caches(loaded, first: str, second: str) -> tuple[AnswerDone, int]:
-    """The two turns in one session that keeps its caches: the second answer, and the memory it ends with."""
+    """The two turns in one session that keeps its caches: the second answer, and the most memory such a
+    conversation holds (rebuilt from its history, its talker has read the conversation too)."""
     session = OmniSession(loaded, system_prompt=ChatSettings.for_model(loaded).system_prompt)
     settings = AnswerSettings(text_only=True, max_new_tokens=TOKENS, thinker=Sampling(greedy=True), margins=True)
     session.add_user_turn(Text(first))
@@ -29,7 +30,9 @@ def kept_caches(loaded, first: str, second: str) -> tuple[AnswerDone, int]:
         pass
     session.add_user_turn(Text(second))
     done = [e for e in session.respond(settings) if isinstance(e, AnswerDone)][0]
-    return done, session.cache_bytes()
+    rebuilt = OmniSession(loaded, system_prompt=ChatSettings.for_model(loaded).system_prompt)
+    rebuilt.restore(session.history)
+    return done, max(session.cache_bytes(), rebuilt.cache_bytes())
 
 
 def test_fifty_tabs_on_a_small_budget_answer_as_if_they_had_kept_their_caches(loaded):
@@ -87,3 +90,32 @@ def test_a_tab_past_max_tabs_is_told_the_demo_is_full(playwright, loaded):
         app.demo.close()
         app.sessions.close_all()
         app.worker.stop()
+
+
+def test_a_long_rebuild_lets_another_answer_through_meanwhile(loaded):
+    """Caches given back are rebuilt a turn per round of the model worker: a tab whose long conversation is
+    being rebuilt does not hold another tab's answer until it is done."""
+    worker = ModelWorker(max_active=2, thread=False)
+    long, other = LiveSession("long", loaded, worker), LiveSession("other", loaded, worker)
+    try:
+        for tab in (long, other):
+            tab.update(max_new_tokens=TOKENS, text_only=True)
+        for turn in range(10):
+            long.send(f"Question number {turn}.", [])
+            while worker.run_round():
+                pass
+        history = long.model.history
+        assert len(history) == 20
+        long.model.give_back()
+        long.send("And now?", [])
+        other.send("Hello?", [])
+        answered_meanwhile = False
+        while worker.run_round():
+            if long.model._engine is None and other.answer.finished:
+                answered_meanwhile = True
+        assert answered_meanwhile
+        assert long.model.history[:20] == history and len(long.model.history) == 22  # rebuilt, then answered
+    finally:
+        long.close()
+        other.close()
+        worker.stop()

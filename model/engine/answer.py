@@ -179,19 +179,24 @@ class AnswerDecoder:
         ends = code in self.talker.eos_codes or len(self.codes) + 1 >= self.settings.talker_max_new_tokens
         self._talker_done = ends
         if code not in self.talker.eos_codes:
-            frame = self.talker.frame(code, self.residual)
+            request = self.talker.frame_request(code, self.residual)
+            if request is None:
+                frame = self.talker.frame(code)
+            else:
+                yield from self._run(request)
+                frame = request.result
             self.codes.append(frame)
             self.speech.feed([frame])
             yield from self.speech.windows()
         yield from self._audio(self.speech.ready())
 
-    def _run(self, step: DecodeStep) -> Iterator[DecodeStep]:
+    def _run(self, step: Step) -> Iterator[Step]:
         if not self.batched:
             step.run()
             return
         yield step  # the model thread's scheduler runs it (batched_step.run_steps) before this goes on
         if not step.ran:
-            raise RuntimeError("a batched answer was resumed before its decode step ran")
+            raise RuntimeError("a batched answer was resumed before its step ran")
 
     def _audio(self, chunks) -> Iterator[AudioChunk | SpeechPending]:
         for samples in chunks:

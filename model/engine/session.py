@@ -366,10 +366,16 @@ class OmniSession:
         """Rebuilds the caches from `history` (with a new system prompt, after a failed turn, in a ZeroGPU call
         whose process has no caches), through the same calls that built them. A live turn in progress is
         dropped."""
+        for _ in self.restoring(history):
+            pass
+
+    def restoring(self, history: list[Record]) -> Iterator[None]:
+        """`restore`, one record at a time: a long conversation's rebuild can be interleaved with other
+        conversations' work (the model worker runs one step of it per round)."""
         self._clear()
-        self._restoring = True
-        try:
-            for record in history:
+        for record in history:
+            self._restoring = True
+            try:
                 if isinstance(record, UserTurn):
                     self.add_user_turn(*record.parts)
                 elif isinstance(record, LiveTurn):
@@ -377,8 +383,9 @@ class OmniSession:
                     self.end_user_turn()
                 else:
                     self._replay_answer(record.tokens)
-        finally:
-            self._restoring = False
+            finally:
+                self._restoring = False
+            yield
         self._input_ended = None
 
     def _replay_answer(self, tokens: list[int]) -> None:

@@ -1,5 +1,7 @@
 """Where an answer's token2wav runs: on its own thread (`SpeechWorker`), or between the decode steps
-(`InlineSpeech`); both take codes and hand back audio chunks through the same calls.
+(`InlineSpeech`); both take codes and hand back audio chunks through the same calls. Inline, in the app,
+each chunk's DiT window is handed out as a step instead (`windows()`), so that the model thread solves the
+windows of several answers together (model/engine/batched_step.py).
 
 On a GPU the worker thread runs the DiT windows on their own CUDA stream, so the thinker and talker never wait
 for one. On a CPU it does not pay: each thread's Python between torch ops needs the GIL, and the two threads

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from model.engine.batched_step import DecodeStep
+from model.engine.batched_step import DecodeStep, Step
 from model.engine.kv_cache import GrowingKV, StaticKV
 
 
@@ -99,6 +99,11 @@ class TalkerStream:
     def frame(self, code: int, residual=None) -> int:
         """What one chosen code stands for: itself (a family whose frames hold more codes adds them here)."""
         return code
+
+    def frame_request(self, code: int, residual=None) -> Step | None:
+        """`frame` as a request for the model thread's scheduler (batched_step.py), where a frame takes model
+        work; None: it takes none (`frame(code)` is the code)."""
+        return None
 
     @torch.no_grad()
     def step(self, code: int, reply: torch.Tensor) -> torch.Tensor:

@@ -206,14 +206,16 @@ class WindowSolver:
 
 @dataclass(eq=False)
 class WindowStep(Step):
-    """One chunk's DiT window, asked for by an answer's vocoder stream (StreamingToken2Wav.next_window) and
-    solved alone or with other answers' windows of the same length (`solve_windows`); `finish` turns its
-    mel into the chunk's audio, right after the solve."""
+    """One chunk's DiT window, asked for by an answer's vocoder stream (StreamingToken2Wav.next_window):
+    solved, then vocoded with its left context (`to_vocoder` makes BigVGAN's input from the window's mel,
+    `emit` the chunk's samples from BigVGAN's output), alone or with other answers' windows (`solve_windows`)."""
 
     solver: WindowSolver
     codes: list[int]
     noise: torch.Tensor  # (1, frames, 80)
-    finish: Callable[[torch.Tensor], np.ndarray]
+    vocoder: torch.nn.Module
+    to_vocoder: Callable[[torch.Tensor], torch.Tensor]
+    emit: Callable[[torch.Tensor], np.ndarray]
     result: np.ndarray | None = None
     ran: bool = False
 
@@ -229,40 +231,54 @@ class WindowStep(Step):
         solve_windows(steps)
 
     def run(self) -> None:
-        self._done(self.solver(self.codes, self.noise))
-
-    def _done(self, mel: torch.Tensor) -> None:
-        self.result = self.finish(mel)
-        self.ran = True
+        solve_windows([self])
 
 
 @torch.no_grad()
 def solve_windows(steps: list[WindowStep]) -> None:
-    """Solves the windows: those of equal length, solver and voice settings in one batch (one DiT pass for all
-    of them per ODE step). A window alone is solved exactly as `WindowSolver` solves it; in a batch its mel
-    may differ from that by float rounding."""
+    """Solves the windows, those of equal length, solver and voice settings in one batch (one DiT pass for all
+    of them per ODE step), then vocodes them, those of equal length in one BigVGAN call. A window alone is
+    solved and vocoded exactly as `WindowSolver` and `vocode` do; in a batch it may differ from that by float
+    rounding."""
     groups: dict[tuple, list[WindowStep]] = {}
     for step in steps:
         groups.setdefault(step.key(), []).append(step)
+    mels: dict[WindowStep, torch.Tensor] = {}
     for group in groups.values():
         if len(group) == 1:
-            group[0].run()
-            continue
-        first = group[0].solver
-        dit, flow = first.dit, first.flow
-        prepared = []
-        for step in group:
-            if step.solver.prepared is None:
-                step.solver.prepared = step.solver.prepare()
-            prepared.append(step.solver.prepared)
-        codes = torch.cat([_code_tensor(step.codes, dit) for step in group])
-        noise = torch.cat([step.noise.to(device=first.voice.ref_mel.device, dtype=first.voice.ref_mel.dtype)
-                           for step in group])
-        velocity = DiTWindow(dit, codes, [p.condition for p in prepared], flow.guidance_scale, prepared[0].times)
-        times = ode_time_points(flow.num_steps, flow.sway, first.voice.cond.dtype, codes.device)
-        mel = INTEGRATORS[flow.solver](velocity, noise, times).permute(0, 2, 1)
-        for row, step in enumerate(group):
-            step._done(mel[row : row + 1])
+            mels[group[0]] = group[0].solver(group[0].codes, group[0].noise)
+        else:
+            mels.update(zip(group, _solve_together(group)))
+    inputs: dict[tuple, list[tuple[WindowStep, torch.Tensor]]] = {}
+    for step in steps:
+        mel = step.to_vocoder(mels.pop(step))
+        inputs.setdefault((id(step.vocoder), mel.shape[-1]), []).append((step, mel))
+    for group in inputs.values():
+        if len(group) == 1:
+            waveforms = [vocode(group[0][0].vocoder, group[0][1])]
+        else:
+            waveforms = vocode_together(group[0][0].vocoder, [mel for _, mel in group])
+        for (step, _), waveform in zip(group, waveforms):
+            step.result = step.emit(waveform)
+            step.ran = True
+
+
+def _solve_together(group: list[WindowStep]) -> list[torch.Tensor]:
+    """The mels (1, 80, frames) of windows of one length, solved as one batch."""
+    first = group[0].solver
+    dit, flow = first.dit, first.flow
+    prepared = []
+    for step in group:
+        if step.solver.prepared is None:
+            step.solver.prepared = step.solver.prepare()
+        prepared.append(step.solver.prepared)
+    codes = torch.cat([_code_tensor(step.codes, dit) for step in group])
+    noise = torch.cat([step.noise.to(device=first.voice.ref_mel.device, dtype=first.voice.ref_mel.dtype)
+                       for step in group])
+    velocity = DiTWindow(dit, codes, [p.condition for p in prepared], flow.guidance_scale, prepared[0].times)
+    times = ode_time_points(flow.num_steps, flow.sway, first.voice.cond.dtype, codes.device)
+    mel = INTEGRATORS[flow.solver](velocity, noise, times).permute(0, 2, 1)
+    return [mel[row : row + 1] for row in range(len(group))]
 
 
 def solve_mel(
@@ -289,6 +305,16 @@ def vocode(vocoder: torch.nn.Module, mel: torch.Tensor) -> torch.Tensor:
         got = waveform.numel()
         raise RuntimeError(f"BigVGAN returned {got} samples for {mel.shape[-1]} mel frames, not {expected}")
     return waveform
+
+
+@torch.no_grad()
+def vocode_together(vocoder: torch.nn.Module, mels: list[torch.Tensor]) -> list[torch.Tensor]:
+    """BigVGAN on several (1, 80, frames) mels of one length, in one call: their waveforms, as `vocode`'s."""
+    waveforms = vocoder(torch.cat(mels))
+    expected = (len(mels), mels[0].shape[-1] * samples_per_mel_frame(vocoder))
+    if tuple(waveforms.shape) != expected:
+        raise RuntimeError(f"BigVGAN returned {tuple(waveforms.shape)} for {len(mels)} mels, not {expected}")
+    return list(waveforms)
 
 
 def make_noise(

@@ -273,7 +273,8 @@ class StreamingToken2Wav:
         if plan is None:
             return None
         codes, noise = self._window_inputs(plan)
-        return WindowStep(self.solve, codes, noise, partial(self._finish_chunk, plan))
+        return WindowStep(self.solve, codes, noise, self.vocoder, partial(self._vocoder_input, plan),
+                          partial(self._emit, plan))
 
     def _next_plan(self) -> ChunkPlan | None:
         if self.state.decoded and self.state.decoded[-1].is_last:
@@ -299,17 +300,22 @@ class StreamingToken2Wav:
 
     def _finish_chunk(self, plan: ChunkPlan, window_mel: torch.Tensor) -> np.ndarray:
         """The chunk's audio from its window's mel: BigVGAN over it with its left context."""
+        return self._emit(plan, vocode(self.vocoder, self._vocoder_input(plan, window_mel)))
+
+    def _vocoder_input(self, plan: ChunkPlan, window_mel: torch.Tensor) -> torch.Tensor:
+        """The chunk's mel with its left context, for BigVGAN; the chunk counts as decoded from here."""
         self.state.next_chunk += 1
         self.state.decoded.append(plan)
         chunk_mel = window_mel[:, :, plan.start - plan.window_start : plan.end - plan.window_start]
-
         context_frames = plan.start - plan.vocoder_start
         tail = self.state.mel_tail
         context = tail[:, :, tail.shape[-1] - context_frames :] if context_frames else chunk_mel[:, :, :0]
         vocoder_mel = torch.cat([context, chunk_mel], dim=-1)
-        waveform = vocode(self.vocoder, vocoder_mel)
         self.state.mel_tail = vocoder_mel[:, :, -self.schedule.vocoder_context_frames :]
+        return vocoder_mel
 
+    def _emit(self, plan: ChunkPlan, waveform: torch.Tensor) -> np.ndarray:
+        """The chunk's own samples of BigVGAN's output (its edges are the neighbours')."""
         first = (plan.emit_start - plan.vocoder_start) * self.samples_per_mel_frame
         last = (plan.emit_end - plan.vocoder_start) * self.samples_per_mel_frame
         return waveform[first:last].numpy().astype(np.float32, copy=False)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
+from model.engine.batched_step import Step
 from model.engine.talker_stream import TalkerStream
 from model.families.qwen3_omni.talker_inputs import Qwen3TalkerInputs
 
@@ -50,19 +51,14 @@ class Qwen3TalkerStream(TalkerStream):
         code_embeds = self.talker.get_input_embeddings()(torch.tensor([codes], device=self.device))
         return torch.cat([self.head, texts + code_embeds, first_reply + self.codec_embed(config.codec_bos_id)], dim=1)
 
-    @torch.no_grad()
     def frame(self, code: int, residual: Callable[[torch.Tensor], int]) -> list[int]:
         """Code 0 and the 15 residual codes the code predictor chooses after it (`residual`: logits -> code)."""
-        predictor = self.talker.code_predictor
-        embeddings = predictor.model.get_input_embeddings()
-        cache = DynamicCache(config=predictor.config)
-        embeds = torch.cat([self.last_hidden, self.codec_embed(code)], dim=1)
-        frame = [code]
-        for group, head in enumerate(predictor.lm_head):
-            hidden = predictor.model(inputs_embeds=embeds, past_key_values=cache, use_cache=True).last_hidden_state
-            frame.append(residual(head(hidden[:, -1]).float()))
-            embeds = embeddings[group](torch.tensor([[frame[-1]]], device=self.device))
-        return frame
+        request = self.frame_request(code, residual)
+        request.run()
+        return request.result
+
+    def frame_request(self, code: int, residual: Callable[[torch.Tensor], int]) -> FrameStep:
+        return FrameStep(self, code, residual)
 
     def code_input(self, frame: list[int]) -> torch.Tensor:
         """The sum of the frame's code embeddings: code 0's in the talker's table, each residual in its own."""
@@ -74,3 +70,45 @@ class Qwen3TalkerStream(TalkerStream):
         """transformers' talker generate starts from embeddings alone: its repetition penalty sees the chosen
         codes 0 only."""
         return torch.tensor([[frame[0] for frame in self.codes]], dtype=torch.long, device=self.device)
+
+
+@dataclass(eq=False)
+class FrameStep(Step):
+    """One frame's residual codes, asked for by an answer: the code predictor's 15 passes, for this answer
+    alone or for several answers' frames at once (every frame's passes have the same shapes: a fresh cache,
+    two positions, then one per code), each row choosing its codes with its own answer's `residual`."""
+
+    stream: Qwen3TalkerStream
+    code: int
+    residual: Callable[[torch.Tensor], int]
+    result: list[int] | None = None
+    ran: bool = False
+
+    def run(self) -> None:
+        FrameStep.run_together([self])
+
+    @classmethod
+    @torch.no_grad()
+    def run_together(cls, steps: list[FrameStep]) -> None:
+        groups: dict[int, list[FrameStep]] = {}
+        for step in steps:
+            groups.setdefault(id(step.stream.talker.code_predictor), []).append(step)
+        for group in groups.values():
+            _predict(group)
+
+
+def _predict(steps: list[FrameStep]) -> None:
+    first = steps[0].stream
+    predictor, device = first.talker.code_predictor, first.device
+    embeddings = predictor.model.get_input_embeddings()
+    cache = DynamicCache(config=predictor.config)
+    embeds = torch.cat([torch.cat([s.stream.last_hidden, s.stream.codec_embed(s.code)], dim=1) for s in steps])
+    frames = [[step.code] for step in steps]
+    for group, head in enumerate(predictor.lm_head):
+        hidden = predictor.model(inputs_embeds=embeds, past_key_values=cache, use_cache=True).last_hidden_state
+        logits = head(hidden[:, -1]).float()
+        for row, (step, frame) in enumerate(zip(steps, frames)):
+            frame.append(step.residual(logits[row : row + 1]))
+        embeds = embeddings[group](torch.tensor([[frame[-1]] for frame in frames], device=device))
+    for step, frame in zip(steps, frames):
+        step.result, step.ran = frame, True
