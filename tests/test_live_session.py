@@ -928,7 +928,7 @@ def test_one_tabs_last_speech_never_holds_another_tabs_answer(loaded, worker, mo
     from model.engine.speech_worker import SpeechWorker
     from model.families.qwen2_5_omni.vocoder import StreamingToken2Wav
 
-    monkeypatch.setattr(answer_module, "start_speech", lambda stream, threaded=None: SpeechWorker(stream))
+    monkeypatch.setattr(answer_module, "start_speech", lambda stream, threaded=None, windows=False: SpeechWorker(stream))
     gate, decode = threading.Event(), StreamingToken2Wav._decode
     monkeypatch.setattr(StreamingToken2Wav, "_decode", lambda self, plan: gate.wait(300) and decode(self, plan))
     a, b = new_session(loaded, worker, "a"), new_session(loaded, worker, "b", text_only=True)
