@@ -28,6 +28,7 @@ import torch
 from bench.latency import describe_device
 from bench.systems import Scenario
 from model.engine.batched_step import Step
+from model.engine.events import SpeechPending
 from model.inputs.conversation import Conversation, Text
 from model.session import AnswerDone, AnswerSettings, AudioChunk, OmniSession, TextDelta
 from omni_demo.worker import ModelWorker
@@ -52,7 +53,7 @@ class UserRecord:
 
 def answer_job(session: OmniSession, user: int, settings: AnswerSettings, zero: float, record: UserRecord):
     """A typed turn and its answer, as the app's tab runs them on the worker (omni_demo/tab_model.py)."""
-    session.add_user_turn(Text(QUESTION.format(user=user)))
+    yield from session.adding_user_turn(Text(QUESTION.format(user=user)))
     yield
     for event in session.respond(settings, batched=True):
         now = time.perf_counter() - zero
@@ -66,7 +67,8 @@ def answer_job(session: OmniSession, user: int, settings: AnswerSettings, zero: 
             record.audio_seconds += len(event.samples) / event.sample_rate
         elif isinstance(event, AnswerDone):
             record.tokens, record.codes, record.total = len(event.tokens), len(event.codes), now
-        yield
+        elif isinstance(event, SpeechPending):
+            yield
 
 
 def run_worker(loaded, scenario: Scenario, users: int, batched: bool, text_only: bool = False) -> list[UserRecord]:

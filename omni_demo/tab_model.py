@@ -20,6 +20,7 @@ import torch
 
 from model import constants as C
 from model.engine.batched_step import Step
+from model.engine.events import SpeechPending
 from model.engine.history import AnswerTurn, Record
 from model.session import OmniSession
 from omni_demo.cache_budget import CacheBudget
@@ -140,7 +141,7 @@ class TabModel:
                     return
             else:
                 self._heard = []
-                engine.add_user_turn(*answer.parts)
+                yield from engine.adding_user_turn(*answer.parts)  # a long upload in pieces, a round each
             self.view.open_answer(answer)
             events = engine.respond(answer.settings, batched=True)
             try:
@@ -151,7 +152,8 @@ class TabModel:
                     self.view.show(answer, event, time.time() - answer.timing.turn_end_wall)
                     if answer.stop_requested or self.closed() or self._overdue(answer):
                         engine.interrupt()
-                    yield
+                    if isinstance(event, SpeechPending):
+                        yield  # the speech thread is still at work: the other sessions go on meanwhile
             finally:
                 events.close()  # leaves the engine consistent even if this job is closed early (a closed tab)
         except Exception as error:  # noqa: BLE001 - the turn is lost; the conversation before it goes on

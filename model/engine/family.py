@@ -24,7 +24,8 @@ class TalkerInputs(Protocol):
     markers that end a reply."""
 
     def prefilling(self) -> contextlib.AbstractContextManager:
-        """Around a thinker prefill: whatever the talker needs captured from it."""
+        """Whatever the talker needs captured from a thinker prefill: entered around each of its forward
+        passes (once per piece of a prefill in pieces), read by `prompt_states` after the last."""
 
     def prompt_states(self, segment, hidden: torch.Tensor, span: slice, before: list[int], next_position: int):
         """The talker's states and rope ids for a prefilled segment (`hidden[:, span]` its last hidden states;

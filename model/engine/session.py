@@ -34,12 +34,15 @@ from model.engine.encode import LivePrompt, PromptEncoder
 from model.engine.events import AnswerSettings, ContextTrimmed, Event
 from model.engine.history import AnswerTurn, LiveTurn, Record, UserTurn
 from model.engine.kv_cache import GrowingKV, StaticKV
-from model.engine.live_input import LiveTimeline, Window
+from model.engine.live_input import SAMPLES_PER_WINDOW, LiveTimeline, Window
 from model.engine.prompt import TurnTemplate
 from model.engine.thinker_stream import ThinkerStream
 from model.inputs.conversation import Audio, Part, Video
 
 DECODE_MODES = ("growing", "static", "compiled")
+# Positions of a whole turn prefilled per forward pass (`adding_user_turn`): on a GPU about one round of the
+# others' batched decode steps, so a 60 s upload holds nobody's speech for long; a typed turn is one piece.
+PREFILL_PIECE = 1024
 
 
 @dataclass
@@ -78,12 +81,15 @@ class OmniSession:
         max_positions: int | None = None,
         interrupt: threading.Event | None = None,
         decode: str = "auto",
+        prefill_piece: int | None = None,
     ):
         """`interrupt`: an event that stops the running answer when set, for an owner that must not reach
         into the session from another thread (default: the session's own, set by `interrupt()`).
         `decode`: the thinker's and talker's KV caches and decode steps (model/engine/kv_cache.py): "growing"
         (transformers' DynamicCache), "static" (a StaticCache), "compiled" (a StaticCache whose one-token steps
-        run through torch.compile, CUDA graphs on CUDA); "auto" is "compiled" on CUDA, else "growing"."""
+        run through torch.compile, CUDA graphs on CUDA); "auto" is "compiled" on CUDA, else "growing".
+        `prefill_piece`: the most positions of a whole turn prefilled in one forward pass (`adding_user_turn`;
+        default PREFILL_PIECE)."""
         self.loaded = loaded
         self.model = loaded.model
         self.processor = loaded.processor
@@ -104,6 +110,7 @@ class OmniSession:
         if decode not in DECODE_MODES:
             raise ValueError(f"decode must be one of {DECODE_MODES} or 'auto', got {decode!r}")
         self.decode = decode
+        self.prefill_piece = prefill_piece or PREFILL_PIECE
         self._restoring = False
         self.windows_redone = 0  # live windows prefilled again because a late frame changed them
         self._clear()
@@ -153,6 +160,12 @@ class OmniSession:
     def add_user_turn(self, *parts: Part) -> None:
         """Prefills a whole user turn (text, audio, images, videos) and the assistant's prompt. A live turn
         still open is dropped."""
+        for _ in self.adding_user_turn(*parts):
+            pass
+
+    def adding_user_turn(self, *parts: Part) -> Iterator[None]:
+        """`add_user_turn` in steps: the encoders, then the prefill in pieces of `prefill_piece` positions, a
+        step each (the model worker runs one per round). Closed early, the turn is not in the caches."""
         self._input_ended = time.perf_counter()
         if self._live is not None:
             self._rewind(self._live.start)
@@ -168,7 +181,9 @@ class OmniSession:
                 f"This input needs {span} positions; the model holds {self.max_positions} in all. "
                 "Send a shorter recording or video."
             )
-        self._logits = self.thinker.prefill(segment)
+        if segment.ids.shape[1] > self.prefill_piece:
+            yield  # the encoders' work was a step of its own
+        self._logits = yield from self.thinker.prefill_pieces(segment, piece=self.prefill_piece)
         self._records.append(UserTurn(list(parts), self.thinker.next_position - start))
         # The talker's prompt is fed once the first token is chosen (respond), off the first text's path.
 
@@ -377,16 +392,28 @@ class OmniSession:
             self._restoring = True
             try:
                 if isinstance(record, UserTurn):
-                    self.add_user_turn(*record.parts)
+                    yield from self.adding_user_turn(*record.parts)
                 elif isinstance(record, LiveTurn):
-                    self.feed(record.audio, record.frames)
-                    self.end_user_turn()
+                    yield from self._hearing_again(record)
                 else:
                     self._replay_answer(record.tokens)
             finally:
                 self._restoring = False
             yield
         self._input_ended = None
+
+    def _hearing_again(self, record: LiveTurn) -> Iterator[None]:
+        """A live turn of the history fed again as it arrived, a window's time of it per step (live input
+        gives the same caches in any arrival sizes), then ended."""
+        frames = list(record.frames)
+        for start in range(0, len(record.audio), SAMPLES_PER_WINDOW):
+            end = start + SAMPLES_PER_WINDOW
+            due = [frame for frame in frames if frame[1] * C.INPUT_SAMPLE_RATE < end]
+            frames = frames[len(due):]
+            self.feed(record.audio[start:end], due)
+            yield
+        self.feed(record.audio[:0], frames)
+        self.end_user_turn()
 
     def _replay_answer(self, tokens: list[int]) -> None:
         start = self.thinker.next_position

@@ -9,6 +9,7 @@ talker_inputs.py: for Qwen2.5-Omni every position, for Qwen3-Omni user turns onl
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Generator
 from dataclasses import dataclass, field
 
 import torch
@@ -50,6 +51,17 @@ def _deepstack(segments: tuple[Segment, ...]) -> dict:
     return {"visual_pos_masks": mask, "deepstack_visual_embeds": layers}
 
 
+def _piece_of(vision: dict, start: int, end: int) -> dict:
+    """The deepstack arguments for positions start:end of a prefill (none if that piece has no vision)."""
+    if not vision:
+        return {}
+    mask = vision["visual_pos_masks"]
+    if not bool(mask[:, start:end].any()):
+        return {}
+    first, last = int(mask[:, :start].sum()), int(mask[:, :end].sum())
+    return {"visual_pos_masks": mask[:, start:end], "deepstack_visual_embeds": [layer[first:last] for layer in vision["deepstack_visual_embeds"]]}
+
+
 @dataclass
 class ThinkerStream:
     thinker: object  # Qwen2_5OmniThinkerForConditionalGeneration or Qwen3OmniMoeThinkerForConditionalGeneration
@@ -79,21 +91,49 @@ class ThinkerStream:
     def _forward(self, embeds: torch.Tensor, position_ids: torch.Tensor, **vision) -> torch.Tensor:
         return self.cache.forward(self.thinker.model.language_model, embeds, position_ids, **vision)
 
-    @torch.no_grad()
     def prefill(self, *segments: Segment) -> torch.Tensor:
         """Adds segments to the cache in one forward pass; returns the logits after the last token, (1, vocab).
         Each segment keeps its own entry of talker states, so a `mark` between two of them is one to rewind to."""
+        pieces = self.prefill_pieces(*segments)
+        while True:
+            try:
+                next(pieces)
+            except StopIteration as done:
+                return done.value
+
+    @torch.no_grad()
+    def prefill_pieces(self, *segments: Segment, piece: int | None = None) -> Generator[None, None, torch.Tensor]:
+        """`prefill` in forward passes of at most `piece` positions, yielding between them, so that the model
+        worker runs other conversations' steps meanwhile (a long upload never starves their speech). Nothing
+        is added until the last piece has run: closed early, the cache is as before. Each piece attends to
+        the ones before it through the cache, so the result is one pass's up to float rounding."""
         embeds = torch.cat([segment.embeds for segment in segments], dim=1)
         positions = torch.cat([segment.position_ids for segment in segments], dim=-1)
-        with self.talker_inputs.prefilling() if self.talker_inputs is not None else contextlib.nullcontext():
-            hidden = self._forward(embeds, positions, **_deepstack(segments))
-            start = 0
-            for segment in segments:
-                count = segment.ids.shape[1]
-                self._add_entry(count, segment, hidden, slice(start, start + count))
-                self.ids.extend(segment.ids[0].tolist())
-                self.next_position = int(segment.position_ids.max()) + 1
-                start += count
+        vision = _deepstack(segments)
+        total = embeds.shape[1]
+        piece = piece or total
+        before = self.length
+        # Entered around each piece: what the talker needs (Qwen3-Omni: a layer's states) gathers over them.
+        capture = self.talker_inputs.prefilling() if self.talker_inputs is not None else contextlib.nullcontext()
+        hidden = []
+        try:
+            for start in range(0, total, piece):
+                if start:
+                    yield
+                end = min(start + piece, total)
+                with capture:
+                    hidden.append(self._forward(embeds[:, start:end], positions[..., start:end], **_piece_of(vision, start, end)))
+        except BaseException:
+            self.cache.keep(before)
+            raise
+        hidden = torch.cat(hidden, dim=1)
+        start = 0
+        for segment in segments:
+            count = segment.ids.shape[1]
+            self._add_entry(count, segment, hidden, slice(start, start + count))
+            self.ids.extend(segment.ids[0].tolist())
+            self.next_position = int(segment.position_ids.max()) + 1
+            start += count
         return self.thinker.lm_head(hidden[:, -1])
 
     def _add_entry(self, count: int, segment: Segment | None = None, hidden=None, span=None, reply=None, position=None) -> None:

@@ -10,8 +10,6 @@ the talker can run one token behind the thinker.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from itertools import pairwise
 from typing import Self
 
@@ -28,20 +26,26 @@ def _last_index(ids: list[int], token: int) -> int:
 
 
 class LayerCapture:
-    """The output of one decoder layer during the forward passes run inside `with capture:` on this thread.
-    The hook exists only meanwhile, so the decode steps (compiled on a GPU) never see it, and it records only
-    its own thread's forwards: conversations on other threads may run the same layer at the same time."""
+    """The output of one decoder layer during the forward passes run inside `with capture:` on this thread,
+    gathered along the sequence over every time it is entered (a prefill in pieces enters it once a piece).
+    The hook exists only meanwhile, so the decode steps (compiled on a GPU) and the other conversations'
+    steps run between two pieces never see it, and it records only its own thread's forwards: conversations
+    on other threads may run the same layer at the same time."""
 
     def __init__(self, layer: torch.nn.Module):
         self.layer = layer
-        self.output: torch.Tensor | None = None
+        self.outputs: list[torch.Tensor] = []
+
+    @property
+    def output(self) -> torch.Tensor | None:
+        return torch.cat(self.outputs, dim=1) if self.outputs else None
 
     def __enter__(self) -> Self:
         owner = threading.get_ident()
 
         def keep(module, args, output) -> None:
             if threading.get_ident() == owner:
-                self.output = output[0] if isinstance(output, tuple) else output
+                self.outputs.append(output[0] if isinstance(output, tuple) else output)
 
         self._hook = self.layer.register_forward_hook(keep)
         return self
@@ -68,11 +72,11 @@ class Qwen3TalkerInputs:
         device = self.thinker.lm_head.weight.device
         return self.thinker.get_input_embeddings()(torch.tensor([ids], device=device))
 
-    @contextmanager
-    def prefilling(self) -> Iterator[None]:
-        """Around a thinker prefill: its layer-`accept_hidden_layer` states, which the talker reads at media."""
-        with LayerCapture(self.layer) as self._captured:
-            yield
+    def prefilling(self) -> LayerCapture:
+        """Around each forward pass of a thinker prefill: its layer-`accept_hidden_layer` states, which the
+        talker reads at media (`prompt_states`, once the prefill is done)."""
+        self._captured = LayerCapture(self.layer)
+        return self._captured
 
     def _user_mask(self, ids: list[int], before: list[int]) -> list[bool]:
         """Which of `ids` lie in user turns, given the ids already in the cache: a position belongs to the
