@@ -33,17 +33,18 @@ import soundfile
 from PIL import Image as PILImage
 
 from model import constants as C
+from model.engine.encode import TurnMedia, turn_media
 from model.engine.events import AnswerSettings
 from model.engine.sampling import TALKER_DEFAULT, Sampling
 from model.inputs.conversation import Part, Text
 from model.inputs.limits import UserInputError, live_turn_seconds
 from model.inputs.message import parts_from_message
+from omni_demo.cache_budget import CacheBudget
 from omni_demo.capture import CAMERA_MAX_PIXELS
 from omni_demo.gpu import ZeroGpuModel
 from omni_demo.listener import HeardTurn, Listener, TurnLimit
 from omni_demo.playback import PlayerFeed
 from omni_demo.playout import PlaybackClock, SpeechPace
-from omni_demo.cache_budget import CacheBudget
 from omni_demo.tab_model import TabModel
 from omni_demo.timings import TurnTiming
 from omni_demo.turns import SpeechConfirmed, TurnEnded, TurnSettings
@@ -210,8 +211,20 @@ class LiveSession:
             if any(isinstance(p, Text) for p in parts):
                 self.view.chat.append({"role": "user", "content": parts[-1].text})
             index = self._next_turn()
-        self._start_answer(TurnTiming(index, "typed", time.time()), self._stem(index), parts=parts)
+        self._start_answer(TurnTiming(index, "typed", time.time()), self._stem(index), parts=parts,
+                           media=self._media(parts))
         return None
+
+    def _media(self, parts: list[Part]) -> TurnMedia | None:
+        """The parts' media through the processor, here rather than on the model's thread, where a long
+        video's frames would hold every tab's answer. None on ZeroGPU (the call's own process makes them) or
+        if the processor fails: the answer's job meets the error again and says so."""
+        if self.zero_gpu:
+            return None
+        try:
+            return turn_media(self.loaded.processor, parts)
+        except Exception:  # noqa: BLE001 - reported by the answer, where every model error is
+            return None
 
     def stop(self) -> None:
         """The Stop button: like cutting in, without a new turn."""
@@ -317,13 +330,13 @@ class LiveSession:
         self._start_answer(TurnTiming(turn.index, "voice", now, speech_end_wall=speech_end), stem, turn=turn)
 
     def _start_answer(self, timing: TurnTiming, stem: str, turn: HeardTurn | None = None,
-                      parts: list[Part] | None = None) -> None:
+                      parts: list[Part] | None = None, media: TurnMedia | None = None) -> None:
         rest = self.listener.take_unsent(turn) if turn is not None else None
         with self.view:
             self._answers += 1
             pace = self.view.pace.current()
             answer = Answer(timing, self.settings.answer_settings(), PlayerFeed(self._answers, pace),
-                            PlaybackClock(pace), stem=stem, turn=turn, parts=parts)
+                            PlaybackClock(pace), stem=stem, turn=turn, parts=parts, media=media)
             self.view.answer = answer
             if not self.zero_gpu:  # on ZeroGPU, `follow` runs it in a GPU call
                 self.worker.submit(self.key, self.model.answer(answer, rest))

@@ -141,7 +141,7 @@ class TabModel:
                     return
             else:
                 self._heard = []
-                yield from engine.adding_user_turn(*answer.parts)  # a long upload in pieces, a round each
+                yield from engine.adding_user_turn(*answer.parts, media=answer.media)  # a long upload in pieces, a round each
             self.view.open_answer(answer)
             events = engine.respond(answer.settings, batched=True)
             try:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from model import constants as C
+from model.engine.encode import TurnMedia
 from model.engine.events import (
     AnswerDone,
     AnswerSettings,
@@ -59,6 +60,7 @@ class Answer:
     clip: Path | None = None
     turn: HeardTurn | None = None  # what it answers: a voice turn, or typed/uploaded parts
     parts: list[Part] | None = None
+    media: TurnMedia | None = None  # the parts' media through the processor, made on the handler's thread
 
     @property
     def text_only(self) -> bool:

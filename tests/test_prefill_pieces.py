@@ -1,25 +1,31 @@
-"""A whole turn prefilled in pieces (OmniSession.adding_user_turn, ThinkerStream.prefill_pieces): the model
-worker runs the other conversations' steps between its pieces, so an upload never holds their speech, and
-what lands in the caches is the one-pass prefill's (up to float rounding: each piece attends to the ones
-before it through the cache). A restore feeds its live turns a window's time per step likewise."""
+"""A whole turn added in steps (OmniSession.adding_user_turn): the processor (on the handler's thread in the
+app), the vision encoder a few frame pairs at a time (PromptEncoder.embedding_media), the prefill in pieces
+(ThinkerStream.prefill_pieces). The model worker runs the other conversations' steps between them, so an
+upload never holds their speech, and what lands in the caches is the one-pass prefill's (up to float
+rounding: each piece attends to the ones before it through the cache). A restore feeds its live turns a
+window's time per step likewise."""
 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from itertools import pairwise
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image as PILImage
 from test_batched_step import answer_settings
 from test_live_session import new_session
 from test_session import assert_same_choices
 
+from model.engine import encode as encode_module
 from model.engine import session as session_module
 from model.engine.history import LiveTurn
 from model.inputs import cases
-from model.inputs.conversation import Text
+from model.inputs.conversation import Image, Text
+from model.inputs.media import load_image
 from model.session import OmniSession
 from omni_demo.worker import ModelWorker
 
@@ -54,8 +60,8 @@ def test_a_turn_in_pieces_is_the_turn_in_one_pass(family, case, piece):
     whole, none = prefilled(family, parts, WHOLE)
     pieces, steps = prefilled(family, parts, piece)
     length = whole.thinker.length
-    assert none == 0 and length > piece
-    assert steps == math.ceil(length / piece)  # the encoders' step, then one between every two pieces
+    assert none == 1 and length > piece  # the processor's step
+    assert steps == 1 + math.ceil(length / piece)  # the processor's, the encoders', one between two pieces
     assert pieces.thinker.ids == whole.thinker.ids
     assert pieces.thinker.cache.get_seq_length() == length
     torch.testing.assert_close(pieces._logits, whole._logits, **CLOSE)
@@ -81,7 +87,8 @@ def test_a_turn_closed_between_pieces_leaves_the_conversation_as_it_was(qwen3_lo
     # What the caches may hold afterwards: the conversation so far and its last answer's closing token.
     expected, history = kept.thinker.ids + kept._closing, kept.history
     steps = kept.adding_user_turn(*parts)
-    next(steps), next(steps), next(steps)  # the encoders, then two pieces in the cache
+    for _ in range(4):  # the processor, the encoders, then two pieces in the cache
+        next(steps)
     steps.close()
     assert kept.thinker.ids == expected and kept.thinker.cache.get_seq_length() == len(expected)
     assert kept.history == history
@@ -92,16 +99,61 @@ def test_a_turn_closed_between_pieces_leaves_the_conversation_as_it_was(qwen3_lo
     assert ours.tokens == theirs.tokens and ours.codes == theirs.codes
 
 
+@pytest.mark.parametrize("case", ["video_with_sound", "two_images"])
+def test_vision_encoded_a_few_frames_at_a_time_is_vision_encoded_at_once(family, case):
+    """The vision encoders attend within a frame pair, so a video cut between pairs (images one by one)
+    gives what one call gives, Qwen3-Omni's deepstack features too."""
+    session = OmniSession(family)
+    if case == "two_images":
+        picture = load_image(cases.PICTURE)
+        parts = [Image(picture), Image(picture.transpose(PILImage.Transpose.FLIP_LEFT_RIGHT)), Text("Which differ?")]
+    else:
+        parts = parts_of(case)
+    media = encode_module.turn_media(family.processor, parts)
+    inputs = family.processor(text=session.template.turn_text(parts, first=True), use_audio_in_video=media.interleave,
+                              media=media.inputs)
+    grids = inputs.get("video_grid_thw", inputs.get("image_grid_thw"))
+    pixels = int(grids.prod(-1).sum())
+    per_pair = int(grids[0, 1] * grids[0, 2])
+    embedding = session.encoder.embedding_media(inputs["input_ids"], inputs, rows=per_pair)
+    steps = 0
+    try:
+        while True:
+            next(embedding)
+            steps += 1
+    except StopIteration as done:
+        embeds, deepstack = done.value
+    assert steps == pixels // per_pair - 1 >= 1  # a frame pair (an image) a step
+    whole, whole_deepstack = session.encoder.media_embeddings(inputs["input_ids"], inputs)
+    torch.testing.assert_close(embeds, whole, **CLOSE)
+    assert (deepstack is None) == (whole_deepstack is None)
+    for ours, theirs in zip(deepstack or [], whole_deepstack or [], strict=True):
+        torch.testing.assert_close(ours, theirs, **CLOSE)
+
+
 def test_the_worker_answers_others_between_an_uploads_pieces(loaded, monkeypatch):
-    """Through the app's own sessions and worker: tab B is answering when tab A sends a video. The thinker's
-    forward passes show one piece of A's prefill per round, with B's decode step beside it, until B's answer
-    is done; B's answer is what it is alone."""
+    """Through the app's own sessions and worker: tab B is answering when tab A sends a video. The video's
+    frames go through the processor on the sending thread, not the model's; then the model's work on it
+    shows one piece per round (a few frame pairs through the vision encoder, or a piece of the prefill) with
+    B's decode step beside it, until B's answer is done; B's answer is what it is alone."""
     monkeypatch.setattr(session_module, "PREFILL_PIECE", 32)
-    forwards: list[int] = []  # positions of each thinker forward pass, in order (1: a decode step)
+    monkeypatch.setattr(encode_module, "VISION_PIECE", 1)  # a frame pair per step
+    forwards: list[int] = []  # positions of each thinker forward pass, in order (1: a decode step; 0: vision)
     language_model = loaded.model.thinker.model.language_model
-    hook = language_model.register_forward_pre_hook(
-        lambda module, args, kwargs: forwards.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True
-    )
+    hooks = [
+        language_model.register_forward_pre_hook(
+            lambda module, args, kwargs: forwards.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True
+        ),
+        loaded.model.thinker.model.visual.register_forward_pre_hook(lambda module, args: forwards.append(0)),
+    ]
+    processed_on: list[threading.Thread] = []
+    media_inputs = type(loaded.processor).media_inputs
+
+    def watched(processor, *args, **kwargs):
+        processed_on.append(threading.current_thread())
+        return media_inputs(processor, *args, **kwargs)
+
+    monkeypatch.setattr(type(loaded.processor), "media_inputs", watched)
     worker = ModelWorker(max_active=2)
     try:
         alone = new_session(loaded, worker, "alone", text_only=True)
@@ -119,12 +171,14 @@ def test_the_worker_answers_others_between_an_uploads_pieces(loaded, monkeypatch
         a.send("What is in this video?", [str(cases.ASSETS / "clip_with_audio.mp4")])
         assert worker.idle(300)
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
         worker.stop()
     assert a.answer.finished and a.answer.tokens and b.answer.tokens == alone.answer.tokens
+    assert processed_on and worker._thread not in processed_on
     log = forwards[start:]
-    pieces = [i for i, n in enumerate(log) if n > 1]  # A's prompt; B's and A's decode steps are 1 position each
-    assert [log[i] for i in pieces[:-1]] == [32] * (len(pieces) - 1)
+    pieces = [i for i, n in enumerate(log) if n != 1]  # A's work; B's and A's decode steps are 1 position each
+    assert log.count(0) >= 3 and [log[i] for i in pieces if log[i]][:-1] == [32] * (len(pieces) - log.count(0) - 1)
     b_last = max(i for i, n in enumerate(log[: pieces[-1]]) if n == 1)
     between = [log[i + 1 : j].count(1) for i, j in pairwise(pieces) if j <= b_last]
     assert len(between) >= 5 and all(count >= 1 for count in between)  # B never waited for two pieces

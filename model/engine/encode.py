@@ -8,7 +8,7 @@ the 3-D position ids of a piece of prompt that starts at 0.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,8 +16,14 @@ import torch
 
 from model import constants as C
 from model.engine.live_input import SAMPLES_PER_WINDOW
+from model.engine.steps import run_to_end
 from model.engine.thinker_stream import Segment
+from model.families.processing_parts import MediaInputs
 from model.inputs.conversation import Audio, Conversation, Part, Turn
+
+# Vision patches encoded per step of a whole turn (`encoding_whole_turn`): a video is cut between frame pairs,
+# which the vision encoders attend within, so on a GPU one step costs about one round of the others' decoding.
+VISION_PIECE = 8192
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,51 @@ class LivePrompt:
     video_grids: int = 0  # frame pairs
     audio_frames: int = 0  # mel frames
     grid_hw: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class TurnMedia:
+    """A whole user turn's media through the processor (`turn_media`). Resizing a long video's frames takes
+    as long as a GPU's encoders and prefill together, so the app makes these on the thread that received the
+    upload, not on the model's."""
+
+    inputs: MediaInputs
+    use_audio_in_video: bool  # as asked
+    interleave: bool  # as done: only when every video has its sound
+
+
+def turn_media(processor, parts: list[Part], use_audio_in_video: bool = True) -> TurnMedia:
+    """`parts`' media as the model reads them; no model involved (any thread)."""
+    _, media = Conversation("", [Turn("user", list(parts))]).model_inputs()
+    interleave = use_audio_in_video and bool(media["videos"]) and all(v.audio is not None for v in media["videos"])
+    if media["videos"] and not interleave:
+        # model_inputs put each video's sound after it as a separate audio part only when it decided not
+        # to interleave; keep the two decisions the same.
+        media["audio"] = [p.samples for p in parts if isinstance(p, Audio)] + [
+            v.audio for v in media["videos"] if v.audio is not None
+        ]
+    inputs = processor.media_inputs(
+        audio=media["audio"] or None,
+        images=media["images"] or None,
+        videos=[clip.frames for clip in media["videos"]] or None,
+        video_fps=[clip.fps for clip in media["videos"]] or None,
+    )
+    return TurnMedia(inputs, use_audio_in_video, interleave)
+
+
+def _vision_pieces(pixels: torch.Tensor, grids: torch.Tensor, rows: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(pixels, grids) in pieces of about `rows` patches, cut between frame pairs (None: one piece)."""
+    if rows is None:
+        yield pixels, grids
+        return
+    start = 0
+    for t, h, w in grids.tolist():
+        per_pair = h * w
+        pairs = max(1, rows // per_pair)
+        for first in range(0, t, pairs):
+            count = min(pairs, t - first)
+            yield pixels[start + first * per_pair : start + (first + count) * per_pair], grids.new_tensor([[count, h, w]])
+        start += t * per_pair
 
 
 class PromptEncoder:
@@ -44,11 +95,17 @@ class PromptEncoder:
     def token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
         return self.thinker.get_input_embeddings()(ids)
 
-    @torch.no_grad()
     def media_embeddings(self, ids: torch.Tensor, media: Mapping) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """Input embeddings of `ids` (1, n), with the encoders' outputs at the media placeholders, and Qwen3-Omni's
         deepstack features of its images and videos in position order (None: none). `media` holds the
         processor's tensors (any of audio features, image pixels, video pixels, with their grids)."""
+        return run_to_end(self.embedding_media(ids, media))
+
+    @torch.no_grad()
+    def embedding_media(
+        self, ids: torch.Tensor, media: Mapping, rows: int | None = None
+    ) -> Generator[None, None, tuple[torch.Tensor, list[torch.Tensor] | None]]:
+        """`media_embeddings` in steps: the vision encoder over about `rows` patches a step (None: all at once)."""
         embeds = self.token_embeddings(ids)
         dtype, model = embeds.dtype, self.thinker.model
         if "input_features" in media:
@@ -61,12 +118,19 @@ class PromptEncoder:
             (self.image_id, "pixel_values", "image_grid_thw", model.get_image_features),
             (self.video_id, "pixel_values_videos", "video_grid_thw", model.get_video_features),
         ):
-            if pixels in media:
-                out = encode(media[pixels].to(self.device, dtype), media[grid].to(self.device))
-                features = torch.cat(out.pooler_output, dim=0)
-                embeds = embeds.masked_scatter((ids == token).unsqueeze(-1), features.to(dtype))
+            if pixels not in media:
+                continue
+            pooled, deepstack = [], []
+            for index, (piece, piece_grid) in enumerate(_vision_pieces(media[pixels], media[grid], rows)):
+                if index:
+                    yield
+                out = encode(piece.to(self.device, dtype), piece_grid.to(self.device))
+                pooled += out.pooler_output
                 if getattr(out, "deepstack_features", None) is not None:
-                    stacks[token] = [torch.cat(layer, dim=0).to(dtype) for layer in out.deepstack_features]
+                    deepstack.append([torch.cat(layer, dim=0) for layer in out.deepstack_features])
+            embeds = embeds.masked_scatter((ids == token).unsqueeze(-1), torch.cat(pooled, dim=0).to(dtype))
+            if deepstack:
+                stacks[token] = [torch.cat(layer, dim=0).to(dtype) for layer in zip(*deepstack)]
         return embeds, _in_position_order(ids[0], stacks)
 
     def rope_ids(
@@ -92,34 +156,26 @@ class PromptEncoder:
         )
         return positions
 
-    def whole_turn(self, text: str, parts: list[Part], use_audio_in_video: bool, offset: int) -> Segment:
-        """A user turn given whole (text, audio, images, videos) through the processor, placed at `offset`."""
-        _, media = Conversation("", [Turn("user", list(parts))]).model_inputs()
-        interleave = use_audio_in_video and bool(media["videos"]) and all(v.audio is not None for v in media["videos"])
-        if media["videos"] and not interleave:
-            # model_inputs put each video's sound after it as a separate audio part only when it decided not
-            # to interleave; keep the two decisions the same.
-            media["audio"] = [p.samples for p in parts if isinstance(p, Audio)] + [
-                v.audio for v in media["videos"] if v.audio is not None
-            ]
-        inputs = self.processor(
-            text=text,
-            audio=media["audio"] or None,
-            images=media["images"] or None,
-            videos=[clip.frames for clip in media["videos"]] or None,
-            video_fps=[clip.fps for clip in media["videos"]] or None,
-            use_audio_in_video=interleave,
-        ).to(self.device)
+    def encoding_whole_turn(
+        self, text: str, parts: list[Part], use_audio_in_video: bool, offset: int, media: TurnMedia | None = None
+    ) -> Generator[None, None, Segment]:
+        """A user turn given whole (text, audio, images, videos) through the processor, placed at `offset`, in
+        steps: the processor (unless `media` holds its work), then the encoders a piece at a time."""
+        if media is None or media.use_audio_in_video != use_audio_in_video:
+            media = turn_media(self.processor, parts, use_audio_in_video)
+            if media.inputs.data or media.inputs.audio_data:
+                yield
+        inputs = self.processor(text=text, use_audio_in_video=media.interleave, media=media.inputs).to(self.device)
         ids = inputs["input_ids"]
-        media = {
+        grids = {
             "image_grid": inputs.get("image_grid_thw"),
             "video_grid": inputs.get("video_grid_thw"),
             "audio_frames": inputs["feature_attention_mask"].sum(-1) if "feature_attention_mask" in inputs else None,
             "seconds_per_grid": inputs.get("video_second_per_grid"),
         }
-        positions = self.rope_ids(ids, **media, use_audio_in_video=interleave)
-        embeds, deepstack = self.media_embeddings(ids, inputs)
-        return Segment(ids, embeds, positions + offset, deepstack, media)
+        positions = self.rope_ids(ids, **grids, use_audio_in_video=media.interleave)
+        embeds, deepstack = yield from self.embedding_media(ids, inputs, VISION_PIECE)
+        return Segment(ids, embeds, positions + offset, deepstack, grids)
 
     # ------------------------------------------------------------ live windows
 

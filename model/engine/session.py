@@ -3,7 +3,7 @@ are made (what differs between the families: model/families/, behind model/engin
 
 `OmniSession` coordinates one conversation over the engine's stages:
 
-    add_user_turn(parts) ------------------------------> encode.whole_turn ----+
+    add_user_turn(parts) ---------------------> encode.encoding_whole_turn ----+
     feed_audio / feed_frame -> live_input.LiveTimeline -> settled windows ------+-> thinker cache (+ talker's prompt)
     end_user_turn --------------------------------------> every open window, closing tokens
     continue_user_turn ---------------------------------> the turn's closing (and an answer begun) taken back
@@ -30,7 +30,7 @@ import torch
 from model import constants as C
 from model.engine import history as H
 from model.engine.answer import AnswerDecoder
-from model.engine.encode import LivePrompt, PromptEncoder
+from model.engine.encode import LivePrompt, PromptEncoder, TurnMedia
 from model.engine.events import AnswerSettings, ContextTrimmed, Event
 from model.engine.history import AnswerTurn, LiveTurn, Record, UserTurn
 from model.engine.kv_cache import GrowingKV, StaticKV
@@ -163,9 +163,10 @@ class OmniSession:
         for _ in self.adding_user_turn(*parts):
             pass
 
-    def adding_user_turn(self, *parts: Part) -> Iterator[None]:
-        """`add_user_turn` in steps: the encoders, then the prefill in pieces of `prefill_piece` positions, a
-        step each (the model worker runs one per round). Closed early, the turn is not in the caches."""
+    def adding_user_turn(self, *parts: Part, media: TurnMedia | None = None) -> Iterator[None]:
+        """`add_user_turn` in steps, the model worker running one per round: the processor (unless `media`,
+        from `encode.turn_media`, holds its work), the encoders a piece at a time, then the prefill in pieces
+        of `prefill_piece` positions. Closed early, the turn is not in the caches."""
         self._input_ended = time.perf_counter()
         if self._live is not None:
             self._rewind(self._live.start)
@@ -174,7 +175,7 @@ class OmniSession:
         self._close_last_answer()
         start = self.thinker.next_position
         text = self.template.turn_text(list(parts), first=not self._records)
-        segment = self.encoder.whole_turn(text, list(parts), self.use_audio_in_video, start)
+        segment = yield from self.encoder.encoding_whole_turn(text, list(parts), self.use_audio_in_video, start, media)
         span = int(segment.position_ids.max()) + 1 - start
         if span + 1 > self.max_positions // 2:
             raise ValueError(

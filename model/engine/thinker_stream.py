@@ -18,6 +18,7 @@ from model import constants as C
 from model.engine.batched_step import DecodeStep
 from model.engine.family import TalkerInputs
 from model.engine.kv_cache import GrowingKV, StaticKV
+from model.engine.steps import run_to_end
 
 VISION_TOKEN_IDS = (C.IMAGE_TOKEN_ID, C.VIDEO_TOKEN_ID)  # both families'
 
@@ -94,12 +95,7 @@ class ThinkerStream:
     def prefill(self, *segments: Segment) -> torch.Tensor:
         """Adds segments to the cache in one forward pass; returns the logits after the last token, (1, vocab).
         Each segment keeps its own entry of talker states, so a `mark` between two of them is one to rewind to."""
-        pieces = self.prefill_pieces(*segments)
-        while True:
-            try:
-                next(pieces)
-            except StopIteration as done:
-                return done.value
+        return run_to_end(self.prefill_pieces(*segments))
 
     @torch.no_grad()
     def prefill_pieces(self, *segments: Segment, piece: int | None = None) -> Generator[None, None, torch.Tensor]:

@@ -15,10 +15,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from transformers import AutoTokenizer, BatchFeature, WhisperFeatureExtractor
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+    Qwen2VLImageProcessorPil,
+)
 from transformers.utils import cached_file
 
 from model import constants as C
@@ -29,6 +32,17 @@ from model.inputs.video_frames import VideoFrameProcessor
 # from_pretrained reads them from there when the checkpoint has a config.json.
 POSITION_IDS_PER_SECOND = 25
 SECONDS_PER_CHUNK = 2.0
+
+
+@dataclass
+class MediaInputs:
+    """A prompt's media as the model reads them (`media_inputs`), with each item's count of placeholder tokens."""
+
+    data: dict = field(default_factory=dict)  # images' and videos' tensors and grids
+    audio_data: dict = field(default_factory=dict)  # audio features and their mask
+    image_tokens: list[int] = field(default_factory=list)
+    video_tokens: list[int] = field(default_factory=list)
+    audio_tokens: list[int] = field(default_factory=list)
 
 
 def _read_json(path_or_hub_id: str, filename: str, required: bool = True, **hub_kwargs) -> dict | None:
@@ -163,6 +177,36 @@ class OmniProcessorBase:
         )
         return self.tokenizer(prompt).input_ids if tokenize else prompt
 
+    def media_inputs(
+        self,
+        audio: Sequence[np.ndarray] | None = None,
+        images: Sequence | None = None,
+        videos: Sequence[np.ndarray] | None = None,
+        video_fps: float | Sequence[float] | None = None,
+    ) -> MediaInputs:
+        """The media half of `__call__` (its arguments as there): the costly part, which needs no prompt, so
+        a caller may make it on another thread than the one that runs the model."""
+        audio, images, videos = list(audio or []), list(images or []), list(videos or [])
+        media = MediaInputs()
+        if images:
+            image_data = self.image_processor(images, return_tensors="pt")
+            media.image_tokens = (image_data["image_grid_thw"].prod(-1) // self.image_processor.merge_size**2).tolist()
+            media.data.update(image_data)
+        if videos:
+            media.data.update(self.video_processor(videos))
+            if video_fps is None or isinstance(video_fps, (int, float)):
+                fps = [float(video_fps or C.VIDEO_FPS)] * len(videos)
+            else:
+                fps = [float(f) for f in video_fps]
+            if len(fps) != len(videos):
+                raise ValueError(f"{len(videos)} videos but {len(fps)} frame rates")
+            # A list, as transformers gives it; BatchFeature turns it into a float32 tensor.
+            media.data["video_second_per_grid"] = [self.video_processor.temporal_patch_size / f for f in fps]
+            media.video_tokens = (media.data["video_grid_thw"].prod(-1) // self.video_processor.merge_size**2).tolist()
+        if audio:
+            media.audio_data, media.audio_tokens = self._audio_features(audio)
+        return media
+
     def __call__(
         self,
         text: str | list[str],
@@ -172,6 +216,7 @@ class OmniProcessorBase:
         use_audio_in_video: bool = False,
         video_fps: float | Sequence[float] | None = None,
         return_tensors: str | None = "pt",
+        media: MediaInputs | None = None,
     ) -> BatchFeature:
         """Prompt(s) with placeholders plus media -> the model's inputs.
 
@@ -179,34 +224,18 @@ class OmniProcessorBase:
         <|VIDEO|> also takes the next one, its sound track, so the list follows the prompt's order of
         <|AUDIO|> and <|VIDEO|> placeholders. images: PIL images, one per <|IMAGE|>. videos: (T, H, W, 3) uint8
         frames, one array per <|VIDEO|>, sampled at `video_fps` (default 2, as the model was trained).
+        media: those already through `media_inputs`, instead of audio, images, videos and video_fps.
         """
         texts = [text] if isinstance(text, str) else list(text)
-        audio, images, videos = list(audio or []), list(images or []), list(videos or [])
-        data, audio_data = {}, {}
-        image_tokens, video_tokens, audio_tokens = [], [], []
-        if images:
-            image_data = self.image_processor(images, return_tensors="pt")
-            image_tokens = (image_data["image_grid_thw"].prod(-1) // self.image_processor.merge_size**2).tolist()
-            data.update(image_data)
-        if videos:
-            data.update(self.video_processor(videos))
-            if video_fps is None or isinstance(video_fps, (int, float)):
-                fps = [float(video_fps or C.VIDEO_FPS)] * len(videos)
-            else:
-                fps = [float(f) for f in video_fps]
-            if len(fps) != len(videos):
-                raise ValueError(f"{len(videos)} videos but {len(fps)} frame rates")
-            # A list, as transformers gives it; BatchFeature turns it into a float32 tensor.
-            data["video_second_per_grid"] = [self.video_processor.temporal_patch_size / f for f in fps]
-            video_tokens = (data["video_grid_thw"].prod(-1) // self.video_processor.merge_size**2).tolist()
-        if audio:
-            audio_data, audio_tokens = self._audio_features(audio)
-
-        expanded = self._expand_placeholders(texts, image_tokens, video_tokens, audio_tokens, data, use_audio_in_video)
+        if media is None:
+            media = self.media_inputs(audio, images, videos, video_fps)
+        expanded = self._expand_placeholders(
+            texts, media.image_tokens, media.video_tokens, media.audio_tokens, media.data, use_audio_in_video
+        )
         # Left padding, as transformers' processor asks of the tokenizer, so that batched prompts end together.
         text_data = self.tokenizer(expanded, padding=True, padding_side="left", return_tensors=return_tensors)
         # Key order as transformers': text, images, videos, audio.
-        return BatchFeature({**text_data, **data, **audio_data}, tensor_type=return_tensors)
+        return BatchFeature({**text_data, **media.data, **media.audio_data}, tensor_type=return_tensors)
 
     def _expand_placeholders(
         self,
