@@ -18,7 +18,6 @@ from model import constants as C
 from model.engine.live_input import SAMPLES_PER_WINDOW
 from model.engine.steps import run_to_end
 from model.engine.thinker_stream import Segment
-from model.families.processing_parts import MediaInputs
 from model.inputs.conversation import Audio, Conversation, Part, Turn
 
 # Vision patches encoded per step of a whole turn (`encoding_whole_turn`): a video is cut between frame pairs,
@@ -43,7 +42,7 @@ class TurnMedia:
     as long as a GPU's encoders and prefill together, so the app makes these on the thread that received the
     upload, not on the model's."""
 
-    inputs: MediaInputs
+    inputs: object  # the processor's `media_inputs` (MediaInputs of model/families/processing_parts.py)
     use_audio_in_video: bool  # as asked
     interleave: bool  # as done: only when every video has its sound
 
