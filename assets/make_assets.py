@@ -27,6 +27,13 @@ sys.path.insert(0, str(ASSETS.parent))  # run as a script from anywhere: make `m
 from model.inputs.media import prepare_audio  # noqa: E402
 
 QUESTION_TEXT = "What do you see in this picture? Describe it briefly."  # about 3 s spoken
+# The assistant's voice in the echo tests (tests/room.py): the tiny model's speech is noise to a voice
+# detector, so a room that plays it back could never fool one; this plays in its place. About 8 s spoken.
+ANSWER_TEXT = (
+    "The picture shows a small red ball on a wooden table, next to a window. "
+    "Outside, the sky is clear and blue, and a tree casts a long shadow across the grass."
+)
+ANSWER_VOICE = "en-us+f3"  # another voice than the user's
 BROWSER_MIC_RATE = 48_000  # what getUserMedia delivers in Chrome and Firefox
 SCENE_SIZE = (336, 224)  # 12 x 8 vision tokens of 28 x 28 pixels
 CLIP_SIZE = (224, 168)  # 8 x 6 tokens per frame pair
@@ -36,7 +43,7 @@ CLIP_AUDIO_RATE = 48_000  # as phones and cameras record, so reading it exercise
 CLIP_AUDIO_CHANNELS = 2  # ... and the downmix
 
 
-def speak(text: str) -> tuple[np.ndarray, int]:
+def speak(text: str, voice: str = "en-us") -> tuple[np.ndarray, int]:
     """espeak-ng's voice for `text`: int16 samples and their rate (22.05 kHz for its default voice).
 
     Its trailing 0.3 s of silence is cut to 0.1 s (and the lead to 0.05 s): at 48 kHz int16 every
@@ -45,7 +52,7 @@ def speak(text: str) -> tuple[np.ndarray, int]:
         sys.exit("espeak-ng is not installed (Debian: apt-get install espeak-ng).")
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "speech.wav"
-        subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(wav), text], check=True)
+        subprocess.run(["espeak-ng", "-v", voice, "-w", str(wav), text], check=True)
         samples, rate = soundfile.read(wav, dtype="int16")
     loud = np.flatnonzero(np.abs(samples) > 328)  # above 1% of full scale
     start, end = max(0, loud[0] - round(0.05 * rate)), loud[-1] + round(0.10 * rate)
@@ -120,6 +127,9 @@ def main() -> None:
     soundfile.write(ASSETS / "question.wav", to_int16(question), 16_000, subtype="PCM_16")
     question_48k = prepare_audio(speech, speech_rate, target_rate=BROWSER_MIC_RATE)
     soundfile.write(ASSETS / "question_48k.wav", to_int16(question_48k), BROWSER_MIC_RATE, subtype="PCM_16")
+
+    answer, answer_rate = speak(ANSWER_TEXT, ANSWER_VOICE)
+    soundfile.write(ASSETS / "answer_voice.wav", to_int16(prepare_audio(answer, answer_rate)), 16_000, subtype="PCM_16")
 
     draw_scene(SCENE_SIZE).save(ASSETS / "scene.png", optimize=True)
 

@@ -1,6 +1,6 @@
-"""A tab's ears and eyes: microphone chunks and webcam frames in, the user's turns out. No model here.
+"""A tab's ears and eyes: microphone audio and webcam frames in, the user's turns out. No model here.
 
-    microphone (48 kHz int16) -> MicResampler -> 16 kHz -> TurnDetector (Silero VAD) -> turn events
+    microphone (16 kHz, the assistant's echo removed: echo.py) -> TurnDetector (Silero VAD) -> turn events
     webcam frame -> camera_frame (bounded size) -> timestamped on the microphone's sample clock
 
 A turn starts `preroll_seconds` before its first voiced window; while it is heard, its audio and the
@@ -23,8 +23,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from model import constants as C
-from omni_demo.capture import MicResampler, camera_frame
-from omni_demo.turns import SpeechConfirmed, SpeechStarted, TurnDetector, TurnDiscarded, TurnEnded, TurnEvent, TurnSettings
+from omni_demo.capture import camera_frame
+from omni_demo.turns import (
+    SpeechConfirmed,
+    SpeechStarted,
+    TurnDetector,
+    TurnDiscarded,
+    TurnEnded,
+    TurnEvent,
+    TurnSettings,
+)
 
 CAMERA_FRESH_SECONDS = 1.0  # a frame this recent shows what the camera sees as the user starts
 # Microphone audio and camera frames kept from the last seconds, whatever is heard: a turn's pre-roll, and
@@ -79,7 +87,6 @@ class TurnLimit:
 class Listener:
     def __init__(self, vad=None, settings: TurnSettings = TurnSettings(), limit: TurnLimit | None = None):
         """`limit`: a turn that reaches it is ended there (TurnEnded with `limit_reached`), speech or not."""
-        self._resampler = MicResampler()
         self._detector = TurnDetector(vad, settings)
         self.limit = limit
         self._recent: deque[tuple[int, np.ndarray]] = deque()  # (first sample, audio), the last RECENT_SECONDS
@@ -97,10 +104,9 @@ class Listener:
         with self._lock:
             self._detector.settings = TurnSettings(silence_seconds=seconds)
 
-    def hear(self, rate: int, samples: np.ndarray) -> list[tuple[TurnEvent, HeardTurn]]:
-        """A microphone chunk; returns the turn events it caused, each with its turn."""
+    def hear(self, audio: np.ndarray) -> list[tuple[TurnEvent, HeardTurn]]:
+        """Microphone audio (16 kHz mono float32); returns the turn events it caused, each with its turn."""
         with self._lock:
-            audio = self._resampler(rate, samples)
             if not len(audio):
                 return []
             first = self.samples_in

@@ -1,6 +1,7 @@
 """One browser tab's live conversation: it wires the tab's three parts together, each with its own thread.
 
     handlers (Gradio's threads)    hear / see / send / stop / clear / update / close
+        -> EchoCanceller (echo.py) the microphone without the answer's own speech, which the page plays
         -> Listener (listener.py)  microphone and camera -> the user's turns; no model
         -> jobs for TabModel (tab_model.py), run on the one ModelWorker thread: the only owner of the engine
               feed: each settled 2 s window prefilled while the user speaks
@@ -40,7 +41,8 @@ from model.inputs.conversation import Part, Text
 from model.inputs.limits import UserInputError, live_turn_seconds
 from model.inputs.message import parts_from_message
 from omni_demo.cache_budget import CacheBudget
-from omni_demo.capture import CAMERA_MAX_PIXELS
+from omni_demo.capture import CAMERA_MAX_PIXELS, MicResampler
+from omni_demo.echo import EchoCanceller, Played
 from omni_demo.gpu import ZeroGpuModel
 from omni_demo.listener import HeardTurn, Listener, TurnLimit
 from omni_demo.playback import PlayerFeed
@@ -98,9 +100,11 @@ class ChatSettings:
 class LiveSession:
     def __init__(self, key: str, loaded, worker: ModelWorker, vad=None, zero_gpu: bool = False,
                  turn_timeout_s: float = TURN_TIMEOUT_S, settings: ChatSettings | None = None,
-                 pace: SpeechPace | None = None, max_positions: int | None = None, budget: CacheBudget | None = None):
+                 pace: SpeechPace | None = None, max_positions: int | None = None, budget: CacheBudget | None = None,
+                 echo_cancel: bool = True):
         """`pace`: the server's, shared by its tabs (one model makes everyone's speech). `max_positions`: what
-        a conversation may use (default: the model's). `budget`: the caches' memory, shared by the tabs."""
+        a conversation may use (default: the model's). `budget`: the caches' memory, shared by the tabs.
+        `echo_cancel`: take the answer's own speech out of the microphone (echo.py)."""
         self.key = key
         self.loaded = loaded
         self.worker = worker
@@ -117,6 +121,8 @@ class LiveSession:
         self.model = model_class(key, loaded, self.view, self.directory, self.settings.system_prompt, turn_timeout_s,
                                  closed=lambda: self.closed, max_positions=max_positions, budget=budget)
         self._mic = threading.Lock()  # one microphone chunk at a time, in order (handlers only)
+        self._resampler = MicResampler()  # these two belong to the microphone's handler, under `_mic`
+        self._echo = EchoCanceller() if echo_cancel else None
         self._answers = 0
         self._turns = 0  # turns on the page since it was last cleared (under the view's lock)
         self._stems = itertools.count(1)  # each turn's files: never reused, so no file of the tab is overwritten
@@ -168,8 +174,11 @@ class LiveSession:
         with self._mic:
             if self.closed:
                 return False
+            audio = self._resampler(rate, samples)
+            if self._echo is not None:
+                audio = self._echo.clean(audio, time.monotonic(), self._played())
             ended = False
-            for event, turn in self.listener.hear(rate, samples):
+            for event, turn in self.listener.hear(audio):
                 if isinstance(event, SpeechConfirmed) and not self._continue(turn):
                     self._cut_in()
                 elif isinstance(event, TurnEnded):
@@ -181,6 +190,14 @@ class LiveSession:
                 if more is not None:
                     self.worker.submit(self.key, self.model.feed(*more), self.model.prefill_failed)
             return ended
+
+    def _played(self) -> Played | None:
+        """The answer the page is playing (or holding), as of now: the echo canceller's far end."""
+        with self.view.lock:
+            answer = self.view.answer
+            if answer is None or not answer.chunks:
+                return None
+            return Played(answer, list(answer.chunks), list(answer.clock.starts), answer.clock.stopped_at)
 
     def see(self, frame: np.ndarray) -> None:
         """A webcam frame (RGB)."""

@@ -119,6 +119,23 @@ function audioContext() {
 // Browsers start audio only after a user gesture; the Record click is one.
 document.addEventListener("pointerdown", audioContext, { capture: true });
 
+// Gradio's microphone asks for `{audio: true}`: the browser's own echo cancellation, noise suppression and
+// gain control are then its defaults, which differ between browsers. Ask for them by name. (The server's
+// canceller, omni_demo/echo.py, is what knows the speech this page plays.) What was asked and what the
+// browser granted stay on window.omniPlayer.microphone.
+const MICROPHONE = { echoCancellation: true, noiseSuppression: true, autoGainControl: true };
+if (navigator.mediaDevices && !navigator.mediaDevices.omniAsked) {
+  const getUserMedia = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+  navigator.mediaDevices.getUserMedia = async (constraints) => {
+    if (constraints && constraints.audio === true) constraints = { ...constraints, audio: { ...MICROPHONE } };
+    const stream = await getUserMedia(constraints);
+    const track = stream.getAudioTracks()[0];
+    if (track) player.microphone = { asked: constraints.audio, granted: track.getSettings() };
+    return stream;
+  };
+  navigator.mediaDevices.omniAsked = true;
+}
+
 function current() {
   return player.answers[player.answers.length - 1];
 }

@@ -145,6 +145,13 @@ def test_spoken_question_with_camera_streams_text_and_speech(playwright, live_ap
         assert page.locator("#chat img").count() >= 1  # the camera thumbnail
         label = page.inner_text("#chat")
         assert "frames" in label and " s" in label
+        # The page asked the browser for its own echo cancellation, noise suppression and gain control.
+        microphone = state["microphone"]
+        assert microphone["asked"] == {"echoCancellation": True, "noiseSuppression": True, "autoGainControl": True}
+        assert microphone["granted"]["echoCancellation"] is True
+        # The server's canceller heard the microphone and the answer; nothing played while the user spoke.
+        (live,) = [s for s in app.sessions.open() if s.answer and s.answer.turn and s.answer.turn.frames]
+        assert live._echo is not None and live._echo.clock.samples > 0
         turns = page.wait_for_function("() => document.querySelector('#timeline').dataset.turns !== '[]'")
         assert turns
         (turn,) = timeline(page)

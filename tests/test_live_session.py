@@ -28,7 +28,10 @@ def worker():
 
 
 def new_session(loaded, worker, key="tab", zero_gpu=False, **settings) -> LiveSession:
-    live = LiveSession(key, loaded, worker, zero_gpu=zero_gpu)
+    """A tab whose microphone is fed faster than it speaks (`speak`), so without the echo canceller: its far
+    end is what plays at the moment each sample is captured, which only a real-time microphone gives
+    (tests/test_echo.py runs it so, through a simulated room)."""
+    live = LiveSession(key, loaded, worker, zero_gpu=zero_gpu, echo_cancel=False)
     live.update(max_new_tokens=8, **settings)
     return live
 
@@ -610,7 +613,7 @@ def fast_pace() -> SpeechPace:
 
 
 def test_speech_after_the_answer_began_playing_cuts_in_even_within_the_grace(loaded, worker):
-    live = LiveSession("tab", loaded, worker, pace=fast_pace())
+    live = LiveSession("tab", loaded, worker, pace=fast_pace(), echo_cancel=False)  # fed faster than real time
     live.update(max_new_tokens=400, continue_seconds=3.0)  # the cut-in comes while the answer is still made
     assert speak(live, np.concatenate([silence(0.3), speech_48k(), silence(0.7)])) == 1
     first = live.answer
