@@ -19,6 +19,7 @@ or told the true delay, it cancelled the same in the measurements: docs/echo.md)
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +41,7 @@ FAR_END_ACTIVE = 1e-4  # a 10 ms frame of the far end above this RMS counts as s
 NO_ECHO_AFTER_SECONDS = 1.5
 MAX_DELAY_SECONDS = 0.6
 NO_ECHO_CORRELATION = 0.3
+HISTORY_SECONDS = 30.0  # what the judgement looks back over, at most
 # A microphone that was silent this long (recording paused, a throttled tab) starts its clock afresh.
 MIC_GAP_SECONDS = 1.0
 
@@ -129,10 +131,13 @@ class EchoDetector:
 
     def __init__(self):
         self.found: bool | None = None  # None: not known yet
-        self._far: list[float] = []  # dB, every frame
-        self._mic: list[float] = []
+        frames = round(HISTORY_SECONDS * 100)
+        self._far: deque[float] = deque(maxlen=frames)  # dB, every frame, until an echo is found
+        self._mic: deque[float] = deque(maxlen=frames)
 
     def add(self, far: np.ndarray, mic: np.ndarray) -> None:
+        if self.found:  # it stays found: nothing more to judge
+            return
         self._far.append(_db(far))
         self._mic.append(_db(mic))
 
@@ -147,8 +152,9 @@ class EchoDetector:
         best = max(_correlation(far[active], mic[active + lag]) for lag in range(lags + 1))
         self.found = best >= NO_ECHO_CORRELATION
         if not self.found:  # keep judging on what plays next; the frames judged are let go
-            keep = len(far) - lags
-            self._far, self._mic = self._far[keep:], self._mic[keep:]
+            for _ in range(len(far) - lags):
+                self._far.popleft()
+                self._mic.popleft()
 
 
 def _db(samples: np.ndarray) -> float:

@@ -201,3 +201,24 @@ def echo_left_db(sent: np.ndarray, heard: np.ndarray, near: np.ndarray, echo: np
             after += float(np.sum(heard[at : at + frame] ** 2))
             frames += 1
     return (float(10 * np.log10(before / after)) if frames else None), frames * frame / 16000
+
+
+def test_the_echo_detector_keeps_a_bounded_history_for_a_tab_that_stays_open():
+    """A tab open for an hour: the detector's memory (and its work per chunk) stays that of 30 s, and once an
+    echo is found it records nothing more."""
+    from omni_demo.echo import HISTORY_SECONDS, EchoDetector
+
+    detector, frame = EchoDetector(), np.zeros(160, np.float32)
+    for _ in range(round(HISTORY_SECONDS * 100) + 500):  # nothing plays: nothing to judge yet
+        detector.add(frame, frame)
+        detector.judge()
+    assert detector.found is None and len(detector._far) == round(HISTORY_SECONDS * 100)
+    rng = np.random.default_rng(0)
+    for _ in range(300):  # the far end plays, and the microphone hears it
+        far = (rng.standard_normal(160) * rng.uniform(0.001, 0.3)).astype(np.float32)
+        detector.add(far, far * 0.5)
+    detector.judge()
+    assert detector.found is True
+    size = len(detector._far)
+    detector.add(frame, frame)
+    assert len(detector._far) == size

@@ -36,6 +36,7 @@ from model.engine.history import AnswerTurn, LiveTurn, Record, UserTurn
 from model.engine.kv_cache import GrowingKV, StaticKV
 from model.engine.live_input import SAMPLES_PER_WINDOW, LiveTimeline, Window
 from model.engine.prompt import TurnTemplate
+from model.engine.steps import run_to_end
 from model.engine.thinker_stream import ThinkerStream
 from model.inputs.conversation import Audio, Part, Video
 
@@ -160,8 +161,7 @@ class OmniSession:
     def add_user_turn(self, *parts: Part) -> None:
         """Prefills a whole user turn (text, audio, images, videos) and the assistant's prompt. A live turn
         still open is dropped."""
-        for _ in self.adding_user_turn(*parts):
-            pass
+        run_to_end(self.adding_user_turn(*parts))
 
     def adding_user_turn(self, *parts: Part, media: TurnMedia | None = None) -> Iterator[None]:
         """`add_user_turn` in steps, the model worker running one per round: the processor (unless `media`,
