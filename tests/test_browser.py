@@ -156,11 +156,14 @@ def test_spoken_question_with_camera_streams_text_and_speech(playwright, live_ap
         assert turns
         (turn,) = timeline(page)
         assert turn["kind"] == "voice" and turn["first_text"] <= turn["first_audio"]
+        # The answer was made in the pause before the turn ended: its first text was there when it ended.
+        assert turn["prepared"] > 0 and turn["first_text"] <= 0.06
         # End of speech (the server's VAD) to the first sample played (the browser's player), one clock.
         end_of_speech_to_audio = answer["firstStart"] / 1000 - turn["speech_end_wall"]
         assert turn["silence"] < end_of_speech_to_audio < turn["silence"] + turn["total"] + 1.0
         print(f"\nend of speech -> first audio played in the browser: {end_of_speech_to_audio:.2f} s "
-              f"(turn end -> first audio on the server: {turn['first_audio']:.2f} s; silence {turn['silence']:.2f} s)")
+              f"(turn end -> first text {turn['first_text']:.2f} s, first audio made {turn['first_audio']:.2f} s on "
+              f"the server; silence {turn['silence']:.2f} s, of it {turn['prepared']:.2f} s with the answer prepared)")
         assert_the_heard_turn_reached_the_model(app)
     finally:
         browser.close()
