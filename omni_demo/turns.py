@@ -34,9 +34,11 @@ class TurnSettings:
     min_speech_seconds: float = 0.3  # less voice than this is not a turn
     preroll_seconds: float = 0.3  # audio kept from before the first voiced window
     # A pause this long in a confirmed turn starts its answer, held back until the turn ends (0: never). The
-    # answer's first text then waits on the pause, not on the model: 0.25 s leaves the model the other
-    # 0.35 s of the default pause, which is more than the tiny model's first text takes on a 2-core CPU.
-    prepare_seconds: float = 0.25
+    # answer's first text then waits on the pause, not on the model. The microphone's chunks come every 0.2 s
+    # (ui.MIC_CHUNK_SECONDS), so the chunk that crosses 0.2 s is always two before the one that crosses the
+    # default 0.6 s: the model has 0.4 s, more than the tiny model's first text takes on a 2-core CPU with
+    # the camera on (0.25 s would leave it 0.2 s one time in four).
+    prepare_seconds: float = 0.2
 
     def __post_init__(self):
         if not 0.1 <= self.silence_seconds <= 5:

@@ -1,5 +1,5 @@
 """The answer prepared in the user's pause (omni_demo/live.py: `_prepare`, `_take_back`, `_end_turn`): after
-0.25 s of silence in a confirmed voice turn the model closes the turn and answers, held back; the answer
+0.2 s of silence in a confirmed voice turn the model closes the turn and answers, held back; the answer
 is shown and played when the pause reaches the turn's end, or taken back, exactly, if the voice comes back.
 Through the real handlers and model worker on the tiny model."""
 
