@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -59,6 +59,11 @@ class HeardTurn:
     def add(self, samples: np.ndarray) -> None:
         self.audio.append(samples)
         self.samples += len(samples)
+
+    def keep_sent(self) -> None:
+        """The turn becomes what was given to the model (an answer prepared in its pause had it): the rest of
+        the pause is dropped. Only once the turn has ended, when nothing adds to it any more."""
+        self.audio, self.samples, self.frames = self.audio[: self.sent_chunks], self.sent_samples, self.frames[: self.sent_frames]
 
     def whole_audio(self) -> np.ndarray:
         return np.concatenate(self.audio) if self.audio else np.zeros(0, np.float32)
@@ -102,7 +107,7 @@ class Listener:
 
     def set_silence(self, seconds: float) -> None:
         with self._lock:
-            self._detector.settings = TurnSettings(silence_seconds=seconds)
+            self._detector.settings = replace(self._detector.settings, silence_seconds=seconds)
 
     def hear(self, audio: np.ndarray) -> list[tuple[TurnEvent, HeardTurn]]:
         """Microphone audio (16 kHz mono float32); returns the turn events it caused, each with its turn."""

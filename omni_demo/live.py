@@ -49,7 +49,7 @@ from omni_demo.playback import PlayerFeed
 from omni_demo.playout import PlaybackClock, SpeechPace
 from omni_demo.tab_model import TabModel
 from omni_demo.timings import TurnTiming
-from omni_demo.turns import SpeechConfirmed, TurnEnded, TurnSettings
+from omni_demo.turns import SpeechConfirmed, SpeechResumed, TurnEnded, TurnPaused, TurnSettings
 from omni_demo.view import Answer, TabView, View
 from omni_demo.worker import ModelWorker
 
@@ -181,11 +181,15 @@ class LiveSession:
             for event, turn in self.listener.hear(audio):
                 if isinstance(event, SpeechConfirmed) and not self._continue(turn):
                     self._cut_in()
+                elif isinstance(event, TurnPaused):
+                    self._prepare(event, turn)
+                elif isinstance(event, SpeechResumed):
+                    self._take_back(turn)
                 elif isinstance(event, TurnEnded):
                     self._end_turn(event, turn)
                     ended = True
             turn = self.listener.turn
-            if turn is not None and turn.confirmed and not self.zero_gpu:
+            if turn is not None and turn.confirmed and not self.zero_gpu and self._held(turn) is None:
                 more = self.listener.take_unsent(turn, min_samples=int(FEED_SECONDS * C.INPUT_SAMPLE_RATE))
                 if more is not None:
                     self.worker.submit(self.key, self.model.feed(*more), self.model.prefill_failed)
@@ -300,7 +304,7 @@ class LiveSession:
         if place:
             ahead = "1 conversation" if place == 1 else f"{place} conversations"
             return f"⏳ Waiting for the model: {ahead} ahead of you."
-        if self.answering:
+        if self.answering and not self.view.answer.held:  # one made in the user's pause is theirs to end
             return "💭 Answering…"
         if self._playing():
             return "🔊 Speaking (talk to cut in)."
@@ -319,9 +323,46 @@ class LiveSession:
     def _stem(self, index: int) -> str:
         return f"turn-{index}-{next(self._stems)}"
 
+    def _held(self, turn: HeardTurn) -> Answer | None:
+        """The answer being prepared in this turn's pause, held back (None: none)."""
+        answer = self.view.answer
+        if answer is not None and answer.held and not answer.retracted and answer.turn is turn:
+            return answer
+        return None
+
+    def _prepare(self, event: TurnPaused, turn: HeardTurn) -> None:
+        """The user paused: their turn is closed in the model and its answer made, held back until the pause
+        ends the turn (`_end_turn` shows it) or their voice comes back (`_take_back`). What they say in the
+        meantime is not given to the model until then."""
+        if self.zero_gpu or turn.limit_reached:  # on ZeroGPU each answer is a GPU call of its own
+            return
+        if turn.index is None:
+            with self.view.lock:
+                turn.index = self._next_turn()
+        speech_end = time.time() - (self.listener.samples_in - event.speech_end) / C.INPUT_SAMPLE_RATE
+        self._start_answer(TurnTiming(turn.index, "voice", time.time(), speech_end_wall=speech_end),
+                           self._stem(turn.index), turn=turn, held=True)
+
+    def _take_back(self, turn: HeardTurn) -> None:
+        """The user spoke on in their pause: the prepared answer is taken back, exactly as a turn continued
+        after its end (`_continue`), and the turn goes on from where the model had it."""
+        with self.view.lock:
+            answer = self._held(turn)
+            if answer is None:
+                return
+            before = (np.concatenate(turn.audio[: turn.sent_chunks]) if turn.sent_chunks else np.zeros(0, np.float32),
+                      turn.frames[: turn.sent_frames])
+            self.view.retract(answer)
+        self.model.interrupt()
+        self.worker.submit(self.key, self.model.continue_turn(before), self.model.recover)
+
     def _end_turn(self, event: TurnEnded, turn: HeardTurn) -> None:
-        """The user's voice turn ended: its clip and thumbnail (written here, outside every lock), then the answer."""
+        """The user's voice turn ended: its clip and thumbnail (written here, outside every lock), then the
+        answer, or the one prepared in the pause is shown."""
         now = time.time()
+        prepared = self._held(turn)
+        if prepared is not None:  # the turn is what the model was given: the rest of the pause is silence
+            turn.keep_sent()
         if turn.index is None:  # a continued turn keeps its number
             with self.view.lock:
                 turn.index = self._next_turn()
@@ -343,17 +384,20 @@ class LiveSession:
         with self.view:
             self.view.chat.extend(entries)
             turn.entries = entries
+        if prepared is not None:
+            self.view.release(prepared, now)
+            return
         speech_end = now - (self.listener.samples_in - event.speech_end) / C.INPUT_SAMPLE_RATE
         self._start_answer(TurnTiming(turn.index, "voice", now, speech_end_wall=speech_end), stem, turn=turn)
 
     def _start_answer(self, timing: TurnTiming, stem: str, turn: HeardTurn | None = None,
-                      parts: list[Part] | None = None, media: TurnMedia | None = None) -> None:
+                      parts: list[Part] | None = None, media: TurnMedia | None = None, held: bool = False) -> None:
         rest = self.listener.take_unsent(turn) if turn is not None else None
         with self.view:
             self._answers += 1
             pace = self.view.pace.current()
             answer = Answer(timing, self.settings.answer_settings(), PlayerFeed(self._answers, pace),
-                            PlaybackClock(pace), stem=stem, turn=turn, parts=parts, media=media)
+                            PlaybackClock(pace), stem=stem, turn=turn, parts=parts, media=media, held=held)
             self.view.answer = answer
             if not self.zero_gpu:  # on ZeroGPU, `follow` runs it in a GPU call
                 self.worker.submit(self.key, self.model.answer(answer, rest))

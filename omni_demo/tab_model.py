@@ -28,6 +28,8 @@ from omni_demo.timings import log_line
 from omni_demo.view import Answer, TabView, heard_tokens
 
 log = logging.getLogger(__name__)
+# An answer made whole in the user's pause waits for the turn's end this long a round (the others' rounds go on).
+HELD_POLL_SECONDS = 0.01
 MIN_CLIP_SECONDS = 0.1  # an answer cut off before this much of it was heard keeps no clip
 
 
@@ -159,6 +161,9 @@ class TabModel:
         except Exception as error:  # noqa: BLE001 - the turn is lost; the conversation before it goes on
             self.recover(error, answer, history_start)
             return
+        while answer.held and not answer.retracted and not self.closed():
+            time.sleep(HELD_POLL_SECONDS)  # all made in the user's pause: it ends once their turn does
+            yield
         self._close(answer)
 
     def continue_turn(self, before: tuple[np.ndarray, list]) -> Iterator[None]:

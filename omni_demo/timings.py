@@ -34,6 +34,7 @@ class TurnTiming:
     total: float | None = None
     audio_seconds: float = 0.0
     interrupted: bool = False
+    prepared: float = 0.0  # seconds the answer was being made in the user's pause before their turn ended
 
     @property
     def silence(self) -> float:
@@ -58,6 +59,7 @@ def log_line(tab: str, timing: TurnTiming, tokens: int) -> str:
     return (f"tab {tab[:8]} {timing.kind} turn {timing.index}: first text {_seconds(timing.first_text)}, "
             f"first audio played {_seconds(timing.first_audio_played)}, underruns {timing.underruns}, "
             f"RTF {'–' if rtf is None else f'{rtf:.2f}'}, {tokens} tokens"
+            + (f", prepared {_seconds(timing.prepared)} before the turn ended" if timing.prepared else "")
             + (", interrupted" if timing.interrupted else ""))
 
 
@@ -74,6 +76,8 @@ def summary(timing: TurnTiming) -> str:
     if timing.underruns:
         parts.append(f"playback ran dry {timing.underruns}× ({_seconds(timing.underrun_seconds)})")
     parts += [f"real-time factor **{'–' if rtf is None else f'{rtf:.2f}'}**", f"answer {_seconds(timing.total)}"]
+    if timing.prepared:
+        parts.append(f"made from **{_seconds(timing.prepared)}** before your turn ended (in your pause)")
     since = "after your turn ended"
     if timing.speech_end_wall is not None:
         since += f" ({_seconds(timing.silence)} of silence after your voice)"
@@ -83,6 +87,7 @@ def summary(timing: TurnTiming) -> str:
 # The timeline's stages, in the order they happen (bottom to top of each bar), and their colours.
 STAGES = {
     "your pause": "#cbd5e1",
+    "your pause, the answer made meanwhile": "#bae6fd",
     "to first text": "#93c5fd",
     "to first audio": "#6366f1",
     "held for smooth playback": "#f59e0b",
@@ -94,7 +99,9 @@ STAGES = {
 def stages(t: TurnTiming) -> dict[str, float]:
     """One turn as the user lived it, in seconds from the end of their voice (or of the typed message)."""
     first_text = t.first_text or 0.0
-    parts = {"your pause": t.silence, "to first text": first_text}
+    prepared = min(t.prepared, t.silence)
+    parts = {"your pause": t.silence - prepared, "your pause, the answer made meanwhile": prepared,
+             "to first text": first_text}
     if t.first_audio is None:
         parts["rest of the text"] = max(0.0, (t.total or 0.0) - first_text)
         return parts

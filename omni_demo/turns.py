@@ -7,6 +7,9 @@ sample clock, so every event says exactly where in the stream it happened:
   first syllable, which Silero hears a window late, is not cut);
 * `SpeechConfirmed` once the turn holds `min_speech_seconds` of voice: only then is it a turn (a cough or
   a click is not) and only then may it cut into the assistant (barge-in);
+* `TurnPaused` once a confirmed turn has been silent for `prepare_seconds` (shorter than the silence that
+  ends it): the answer can be prepared meanwhile, and `SpeechResumed` if the voice comes back before the
+  turn ends (the prepared answer is taken back);
 * `TurnEnded` after `silence_seconds` without voice, or `TurnDiscarded` if it was never confirmed.
 """
 
@@ -30,6 +33,12 @@ class TurnSettings:
     silence_seconds: float = 0.6  # a pause this long ends the turn
     min_speech_seconds: float = 0.3  # less voice than this is not a turn
     preroll_seconds: float = 0.3  # audio kept from before the first voiced window
+    # A pause this long in a confirmed turn starts its answer, held back until the turn ends (0: never). The
+    # answer's first text then waits on the pause, not on the model. The microphone's chunks come every 0.2 s
+    # (ui.MIC_CHUNK_SECONDS), so the chunk that crosses 0.2 s is always two before the one that crosses the
+    # default 0.6 s: the model has 0.4 s, more than the tiny model's first text takes on a 2-core CPU with
+    # the camera on (0.25 s would leave it 0.2 s one time in four).
+    prepare_seconds: float = 0.2
 
     def __post_init__(self):
         if not 0.1 <= self.silence_seconds <= 5:
@@ -49,6 +58,17 @@ class SpeechConfirmed:
 
 
 @dataclass(frozen=True)
+class TurnPaused:
+    speech_end: int  # sample where the last voiced window ended
+    at: int
+
+
+@dataclass(frozen=True)
+class SpeechResumed:
+    at: int
+
+
+@dataclass(frozen=True)
 class TurnEnded:
     speech_end: int  # sample where the last voiced window ended
     at: int  # sample where the silence was long enough
@@ -62,7 +82,7 @@ class TurnDiscarded:
     voiced_seconds: float
 
 
-TurnEvent = SpeechStarted | SpeechConfirmed | TurnEnded | TurnDiscarded
+TurnEvent = SpeechStarted | SpeechConfirmed | TurnPaused | SpeechResumed | TurnEnded | TurnDiscarded
 
 
 def load_vad():
@@ -82,12 +102,13 @@ class TurnDetector:
         self._pending = np.zeros(0, np.float32)
         self._in_turn = False
         self._confirmed = False
+        self._paused = False  # TurnPaused was said for the current pause
         self._voiced_samples = 0
         self._last_voiced_end = 0
 
     def reset(self) -> None:
         """Forget any turn in progress (the clock goes on)."""
-        self._in_turn = self._confirmed = False
+        self._in_turn = self._confirmed = self._paused = False
         self._voiced_samples = 0
 
     @torch.no_grad()
@@ -117,8 +138,14 @@ class TurnDetector:
         if voiced:
             self._voiced_samples += WINDOW_SAMPLES
             self._last_voiced_end = now
-            return self._maybe_confirm(now)
-        if now - self._last_voiced_end < s.silence_seconds * rate:
+            resumed: list[TurnEvent] = [SpeechResumed(now)] if self._paused else []
+            self._paused = False
+            return resumed + self._maybe_confirm(now)
+        silent = now - self._last_voiced_end
+        if silent < s.silence_seconds * rate:
+            if self._confirmed and not self._paused and 0 < s.prepare_seconds and silent >= s.prepare_seconds * rate:
+                self._paused = True
+                return [TurnPaused(self._last_voiced_end, now)]
             return []
         voiced_seconds = self._voiced_samples / rate
         confirmed = self._confirmed

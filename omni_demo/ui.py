@@ -16,6 +16,7 @@ from pathlib import Path
 import gradio as gr
 
 from model import constants as C
+from model.warm_up import warm_up
 from omni_demo import gpu
 from omni_demo.cache_budget import CacheBudget
 from omni_demo.live import ChatSettings
@@ -88,7 +89,8 @@ def build_app(loaded, max_active: int | None = None, zero_gpu: bool | None = Non
 
     The caches' memory is a budget (`cache_gib`, or a share of what is free; or `budget` itself): idle
     conversations give theirs back when it is needed, and `max_active` (default: what the budget holds)
-    answers share each batched step. At most `max_tabs` conversations are open at once.
+    answers share each batched step. At most `max_tabs` conversations are open at once. One throwaway answer
+    runs first, so the first visitor waits no longer than the next (model/warm_up.py).
 
     `send`, `stop` and `clear` are also an API (gradio_client); a conversation that no page opened expires
     after `pageless_idle_seconds` without an event, and only so many exist at once (omni_demo/sessions.py)."""
@@ -100,6 +102,8 @@ def build_app(loaded, max_active: int | None = None, zero_gpu: bool | None = Non
     if budget.budget_bytes is not None:
         log.info("cache budget %.1f GiB: %d answers share each step, %d conversations at most",
                  budget.budget_bytes / 2**30, max_active, max_tabs)
+    if not zero_gpu:  # after the budget, which counts what is free; on ZeroGPU no GPU is held outside an answer
+        warm_up(loaded)
     worker = ModelWorker(max_active=max_active)
     defaults = defaults or ChatSettings.for_model(loaded)
     family = loaded.family

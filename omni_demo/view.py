@@ -61,6 +61,9 @@ class Answer:
     turn: HeardTurn | None = None  # what it answers: a voice turn, or typed/uploaded parts
     parts: list[Part] | None = None
     media: TurnMedia | None = None  # the parts' media through the processor, made on the handler's thread
+    # Made in the user's pause, before their turn ended: nothing of it is shown or played until `release`.
+    held: bool = False
+    held_events: list = field(default_factory=list)
 
     @property
     def text_only(self) -> bool:
@@ -125,8 +128,22 @@ class TabView:
     def open_answer(self, answer: Answer) -> None:
         with self:
             answer.message = {"role": "assistant", "content": ""}
-            if not answer.retracted:
+            if not answer.retracted and not answer.held:
                 self.chat.append(answer.message)
+
+    def release(self, answer: Answer, turn_end_wall: float) -> None:
+        """The user's turn has ended (at `turn_end_wall`): an answer prepared in their pause is shown and
+        played from here, all that was made of it at once."""
+        with self:
+            timing = answer.timing
+            timing.prepared = max(0.0, turn_end_wall - timing.turn_end_wall)
+            timing.turn_end_wall = turn_end_wall
+            answer.held = False
+            if answer.message is not None:
+                self.chat.append(answer.message)
+            for event in answer.held_events:
+                self._show(answer, event, 0.0)
+            answer.held_events.clear()
 
     def retract(self, answer: Answer) -> None:
         """The user went on speaking: the answer and their turn's messages leave the chat (the turn's come
@@ -143,26 +160,33 @@ class TabView:
         """One event of the answer; `elapsed` is the seconds since the user's turn ended."""
         if isinstance(event, SpeechPending):  # nothing to show
             return
-        timing = answer.timing
         with self:
             if answer.retracted:
                 return
-            if isinstance(event, TextDelta):
-                answer.text += event.text
-                answer.tokens.append(event.token)
-                answer.message["content"] = answer.text
-                timing.first_text = timing.first_text if timing.first_text is not None else elapsed
-            elif isinstance(event, AudioChunk):
-                made = answer.clock.add(samples_seconds(event.samples))
-                answer.feed.add(event.samples, made)
-                answer.chunks.append(event.samples)
-                timing.first_audio = timing.first_audio if timing.first_audio is not None else elapsed
-            elif isinstance(event, ContextTrimmed):
-                notice = {"role": "assistant", "content": event.message, "metadata": {"title": "ℹ️ Earlier turns dropped"}}
-                self.chat.insert(self.chat.index(answer.message), notice)
-            elif isinstance(event, AnswerDone):
-                answer.done = event
-                answer.tokens = list(event.tokens)
+            if answer.held:
+                answer.held_events.append(event)
+                return
+            self._show(answer, event, elapsed)
+
+    def _show(self, answer: Answer, event, elapsed: float) -> None:
+        """`show`, under the lock, for an answer not held back."""
+        timing = answer.timing
+        if isinstance(event, TextDelta):
+            answer.text += event.text
+            answer.tokens.append(event.token)
+            answer.message["content"] = answer.text
+            timing.first_text = timing.first_text if timing.first_text is not None else elapsed
+        elif isinstance(event, AudioChunk):
+            made = answer.clock.add(samples_seconds(event.samples))
+            answer.feed.add(event.samples, made)
+            answer.chunks.append(event.samples)
+            timing.first_audio = timing.first_audio if timing.first_audio is not None else elapsed
+        elif isinstance(event, ContextTrimmed):
+            notice = {"role": "assistant", "content": event.message, "metadata": {"title": "ℹ️ Earlier turns dropped"}}
+            self.chat.insert(self.chat.index(answer.message), notice)
+        elif isinstance(event, AnswerDone):
+            answer.done = event
+            answer.tokens = list(event.tokens)
 
     def end_answer(self, answer: Answer, total: float) -> np.ndarray | None:
         """The answer's decoding has ended: its timings; returns its speech, for its clip."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from omni_demo.timings import CHART_TURNS, STAGES, TurnTiming, chart, stages, summary
+from omni_demo.timings import CHART_TURNS, STAGES, TurnTiming, chart, log_line, stages, summary
 
 
 def held_voice_turn(index: int = 1) -> TurnTiming:
@@ -16,11 +16,19 @@ def held_voice_turn(index: int = 1) -> TurnTiming:
 def test_a_turns_stages_add_up_to_what_the_user_lived():
     turn = held_voice_turn()
     lived = stages(turn)
-    assert list(lived) == ["your pause", "to first text", "to first audio", "held for smooth playback", "speaking"]
+    assert list(lived) == ["your pause", "your pause, the answer made meanwhile", "to first text", "to first audio",
+                           "held for smooth playback", "speaking"]
     # From the end of the voice: the pause, then the wait until the speech played, then the speech itself.
     assert sum(lived.values()) == pytest.approx(turn.silence + turn.first_audio_played + turn.audio_seconds)
     text_only = TurnTiming(2, "typed", 0.0, first_text=0.3, total=2.0)
-    assert stages(text_only) == {"your pause": 0.0, "to first text": 0.3, "rest of the text": pytest.approx(1.7)}
+    assert stages(text_only) == {"your pause": 0.0, "your pause, the answer made meanwhile": 0.0, "to first text": 0.3,
+                                 "rest of the text": pytest.approx(1.7)}
+    # An answer made in the pause: part of the pause shows it, and the pause is as long as it was.
+    prepared = TurnTiming(3, "voice", turn_end_wall=100.0, speech_end_wall=99.4, first_text=0.0, prepared=0.35, total=1.0)
+    lived = stages(prepared)
+    assert lived["your pause, the answer made meanwhile"] == pytest.approx(0.35)
+    assert lived["your pause"] + lived["your pause, the answer made meanwhile"] == pytest.approx(prepared.silence)
+    assert "prepared 350 ms before the turn ended" in log_line("tab", prepared, 8)
 
 
 def test_the_chart_has_every_stage_of_the_last_turns_in_their_order():

@@ -7,7 +7,16 @@ import pytest
 from speech import chunks, silence, speech_48k
 
 from omni_demo.capture import MicResampler
-from omni_demo.turns import SpeechConfirmed, SpeechStarted, TurnDetector, TurnDiscarded, TurnEnded, TurnSettings
+from omni_demo.turns import (
+    SpeechConfirmed,
+    SpeechResumed,
+    SpeechStarted,
+    TurnDetector,
+    TurnDiscarded,
+    TurnEnded,
+    TurnPaused,
+    TurnSettings,
+)
 
 RATE = 16_000
 
@@ -31,8 +40,12 @@ def test_one_question_is_one_turn_ending_after_the_silence():
     lead = 1.0
     events = events_for(np.concatenate([silence(lead), speech_48k(), silence(2.0)]))
     kinds = [type(e) for e in events]
-    assert kinds == [SpeechStarted, SpeechConfirmed, TurnEnded], kinds
-    started, _, ended = events
+    # The recording has a 0.2 s gap between two words: an answer is prepared there and taken back.
+    assert kinds == [SpeechStarted, SpeechConfirmed, TurnPaused, SpeechResumed, TurnPaused, TurnEnded], kinds
+    started, paused, ended = events[0], events[-2], events[-1]
+    assert paused.speech_end == ended.speech_end
+    prepare = TurnSettings().prepare_seconds
+    assert prepare <= (paused.at - paused.speech_end) / RATE < prepare + 0.04  # the answer starts here, held back
     first, last = speech_bounds()
     assert started.turn_start / RATE < lead + first  # the pre-roll reaches back before the first syllable
     assert abs(ended.speech_end / RATE - (lead + last)) < 0.25
@@ -70,3 +83,20 @@ def test_settings_are_checked():
         TurnSettings(silence_seconds=0.0)
     with pytest.raises(ValueError):
         TurnSettings(min_speech_seconds=3.0)
+
+
+def test_a_pause_says_when_an_answer_can_be_prepared_and_when_the_voice_comes_back():
+    audio = np.concatenate([silence(0.5), speech_48k(), silence(0.45), speech_48k(), silence(1.5)])
+    kinds = [type(e) for e in events_for(audio)]
+    # Each pause of 0.2 s in the turn: paused; the voice back: resumed; the last pause ends it.
+    assert kinds[:2] == [SpeechStarted, SpeechConfirmed] and kinds[-2:] == [TurnPaused, TurnEnded], kinds
+    middle = kinds[2:-2]
+    assert middle.count(TurnPaused) == middle.count(SpeechResumed) >= 1
+    assert all(a is TurnPaused and b is SpeechResumed for a, b in zip(middle[::2], middle[1::2]))
+    assert TurnPaused not in [type(e) for e in events_for(audio, TurnSettings(prepare_seconds=0))]
+
+
+def test_a_cough_prepares_nothing():
+    blip = speech_48k()[: int(0.25 * 48_000)]
+    events = events_for(np.concatenate([silence(0.5), blip, silence(1.5)]), TurnSettings(min_speech_seconds=0.4))
+    assert not any(isinstance(e, (TurnPaused, SpeechResumed)) for e in events)
