@@ -109,6 +109,11 @@ class Listener:
         with self._lock:
             self._detector.settings = replace(self._detector.settings, silence_seconds=seconds)
 
+    def set_prepare(self, seconds: float) -> None:
+        """The pause after which an answer is prepared (0: none, the answer starts when the turn ends)."""
+        with self._lock:
+            self._detector.settings = replace(self._detector.settings, prepare_seconds=seconds)
+
     def hear(self, audio: np.ndarray) -> list[tuple[TurnEvent, HeardTurn]]:
         """Microphone audio (16 kHz mono float32); returns the turn events it caused, each with its turn."""
         with self._lock:

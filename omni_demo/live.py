@@ -391,10 +391,10 @@ class LiveSession:
         with self.view:
             self.view.chat.extend(entries)
             turn.entries = entries
-        if prepared is not None:
-            self.view.release(prepared, now)
-            return
         speech_end = now - (self.listener.samples_in - event.speech_end) / C.INPUT_SAMPLE_RATE
+        if prepared is not None:
+            self.view.release(prepared, now, speech_end)
+            return
         self._start_answer(TurnTiming(turn.index, "voice", now, speech_end_wall=speech_end), stem, turn=turn)
 
     def _start_answer(self, timing: TurnTiming, stem: str, turn: HeardTurn | None = None,

@@ -131,13 +131,13 @@ class TabView:
             if not answer.retracted and not answer.held:
                 self.chat.append(answer.message)
 
-    def release(self, answer: Answer, turn_end_wall: float) -> None:
-        """The user's turn has ended (at `turn_end_wall`): an answer prepared in their pause is shown and
-        played from here, all that was made of it at once."""
+    def release(self, answer: Answer, turn_end_wall: float, speech_end_wall: float) -> None:
+        """The user's turn has ended (at `turn_end_wall`, their voice at `speech_end_wall`): an answer
+        prepared in their pause is shown and played from here, all that was made of it at once."""
         with self:
             timing = answer.timing
             timing.prepared = max(0.0, turn_end_wall - timing.turn_end_wall)
-            timing.turn_end_wall = turn_end_wall
+            timing.turn_end_wall, timing.speech_end_wall = turn_end_wall, speech_end_wall
             answer.held = False
             if answer.message is not None:
                 self.chat.append(answer.message)

@@ -27,12 +27,15 @@ def worker():
     w.stop()
 
 
-def new_session(loaded, worker, key="tab", zero_gpu=False, **settings) -> LiveSession:
+def new_session(loaded, worker, key="tab", zero_gpu=False, prepare=True, **settings) -> LiveSession:
     """A tab whose microphone is fed faster than it speaks (`speak`), so without the echo canceller: its far
     end is what plays at the moment each sample is captured, which only a real-time microphone gives
-    (tests/test_echo.py runs it so, through a simulated room)."""
+    (tests/test_echo.py runs it so, through a simulated room). `prepare=False`: no answer is prepared in a
+    pause (tests/test_pause_answer.py tests that), the turn ends and is answered as on ZeroGPU."""
     live = LiveSession(key, loaded, worker, zero_gpu=zero_gpu, echo_cancel=False)
     live.update(max_new_tokens=8, **settings)
+    if not prepare:
+        live.listener.set_prepare(0.0)
     return live
 
 
@@ -86,7 +89,8 @@ def test_a_spoken_question_is_prefilled_while_spoken_and_answered(loaded, worker
     assert " pcm " in live.answer.feed.value() and live.answer.feed.value().endswith(" end\n")
     history = engine(live).history
     assert kinds(history) == ["live", "answer"]
-    assert abs(len(history[0].audio) / C.INPUT_SAMPLE_RATE - (6.4 + 0.3 + 0.6)) < 0.6
+    # The speech, its pre-roll, and the pause until the answer was prepared (0.2 s and a chunk at most).
+    assert abs(len(history[0].audio) / C.INPUT_SAMPLE_RATE - (6.4 + 0.3 + 0.3)) < 0.6
 
 
 def test_typed_turns_and_the_voice_setting(loaded, worker):
@@ -218,7 +222,7 @@ def test_on_zero_gpu_each_turn_is_one_pickled_call_that_answers_as_the_worker_do
     """A camera turn, then a typed one: the conversation comes out of the GPU calls as the persistent
     worker's does (the same records, pictures included, and the same answers)."""
     zero = new_session(loaded, worker, "zero", zero_gpu=True, seed=3)
-    local = new_session(loaded, worker, "local", seed=3)
+    local = new_session(loaded, worker, "local", prepare=False, seed=3)  # ZeroGPU prepares none
     question = np.concatenate([silence(0.3), speech_48k(), silence(1.0)])
     for live in (zero, local):
         assert speak_with_camera(live, question) == 1
@@ -367,7 +371,8 @@ def test_every_audio_token_of_a_camera_turn_reaches_the_model(loaded, worker, ca
 
     from model.engine.session import OmniSession
 
-    live = new_session(loaded, worker, text_only=True)
+    # (An answer prepared in a pause and taken back redoes the turn's last window: not here.)
+    live = new_session(loaded, worker, prepare=False, text_only=True)
     question = np.concatenate([silence(0.3), speech_48k(), speech_48k(), silence(1.2)])
     pieces = list(chunks(question))
     if camera_pattern == "from another thread":
