@@ -68,7 +68,11 @@ def main(argv=None) -> int:
     except LoadError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    logging.info("loaded %s", loaded.describe())
+    if replicas is None:
+        logging.info("loaded %s", loaded.describe())
+    else:
+        logging.info("this process holds no weights (%s's processor and voices); the model runs on %d replica(s)",
+                     loaded.source, len(replicas.infos()))
     app = build_app(loaded, max_active=args.max_active, cache_gib=args.cache_gib, max_tabs=args.max_tabs,
                     replicas=replicas)
     # Each open tab holds a few threads (its streams and its answer).

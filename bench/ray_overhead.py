@@ -1,5 +1,6 @@
-"""What Ray adds: the same calls on a replica (omni_demo/replica.py, through its actor) and on the engine in
-this process, one after the other on the same machine and checkpoint.
+"""What Ray adds: the same calls on a replica (omni_demo/replica.py) through its Ray actor, and on the same
+class in this process (its model worker's thread doing the work in both, as the app's does in one
+process), one after the other on the same machine and checkpoint.
 
 * a live window: 2 s of the test voice and its four camera frames, `feed` (prefilled at once: each window
   is a settled one), from the call to its result here;
@@ -24,9 +25,8 @@ import numpy as np
 from bench.latency import describe_device
 from model.engine.events import AnswerSettings, AudioChunk, TextDelta
 from model.inputs.conversation import Text
-from model.loading import load_omni
-from model.session import OmniSession
 from omni_demo.capture import camera_frame
+from omni_demo.replica import Replica
 from omni_demo.replicas import Replicas
 
 
@@ -51,14 +51,14 @@ def remote(replicas: Replicas, tab: str):
     return call, answer
 
 
-def windows(ray, replicas, loaded, count: int) -> dict:
+def windows(ray, replicas, local: Replica, count: int) -> dict:
     rng = np.random.default_rng(0)
     here, there = [], []
     for index in range(count):
         audio, frames = voice_window(rng)
-        local = OmniSession(loaded)
+        local.call(local.incarnation, f"window-{index}", 0, "start", None, None, [])
         start = time.perf_counter()
-        local.feed(audio, frames)
+        local.call(local.incarnation, f"window-{index}", 1, "feed", audio, frames)
         here.append(time.perf_counter() - start)
         call, _ = remote(replicas, f"window-{index}")
         ray.get(call("start", None, None, []))
@@ -70,18 +70,19 @@ def windows(ray, replicas, loaded, count: int) -> dict:
             "added_s_median": statistics.median(added), "added_s_max": max(added)}
 
 
-def answers(ray, replicas, loaded, count: int, tokens: int) -> dict:
-    settings = AnswerSettings(voice=loaded.voice_names[0], max_new_tokens=tokens, min_new_tokens=tokens, seed=1)
+def answers(ray, replicas, local: Replica, count: int, tokens: int) -> dict:
+    settings = AnswerSettings(voice=local.loaded.voice_names[0], max_new_tokens=tokens, min_new_tokens=tokens, seed=1)
     first, per_event, events = [], [], 0
     for index in range(count):
         question = Text(f"Question {index}: tell me about the sea.")
-        local = OmniSession(loaded)
-        local.add_user_turn(question)
+        tab = f"answer-{index}"
+        local.call(local.incarnation, tab, 0, "start", None, None, [])
+        local.call(local.incarnation, tab, 1, "add_user_turn", [question], None)
         start, here = time.perf_counter(), []
-        for event in local.respond(settings):
+        for event in local.answer(local.incarnation, tab, 2, settings):
             if isinstance(event, (TextDelta, AudioChunk)):
                 here.append(time.perf_counter() - start)
-        call, answer = remote(replicas, f"answer-{index}")
+        call, answer = remote(replicas, tab)
         ray.get(call("start", None, None, []))
         ray.get(call("add_user_turn", [question], None))
         start, there = time.perf_counter(), []
@@ -108,17 +109,18 @@ def main(argv=None) -> int:
     import ray
 
     replicas = Replicas.start(args.model, count=1, device="cpu", ray_init={"num_cpus": 2, "log_to_driver": False})
-    loaded = load_omni(args.model, device="cpu")
+    local = Replica(args.model, "cpu")
     try:
         result = {
             "command": "python -m bench.ray_overhead " + " ".join(sys.argv[1:] if argv is None else argv),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
-            "device": describe_device(loaded.device),
+            "device": describe_device(local.loaded.device),
             "ray": ray.__version__,
-            "live_window": windows(ray, replicas, loaded, args.windows),
-            "answer_events": answers(ray, replicas, loaded, args.answers, args.tokens),
+            "live_window": windows(ray, replicas, local, args.windows),
+            "answer_events": answers(ray, replicas, local, args.answers, args.tokens),
         }
     finally:
+        local.worker.stop()
         replicas.stop()
         ray.shutdown()
     print(json.dumps(result, indent=2))

@@ -22,8 +22,6 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-import torch
-
 from model.engine.batched_step import Step
 from model.engine.events import AnswerSettings, SpeechPending
 from model.engine.history import Record
@@ -63,11 +61,7 @@ _END = object()  # an answer's stream is over
 
 
 class Replica:
-    def __init__(self, source: str, device: str | None = None, index: int = 0, max_active: int | None = None,
-                 cpu_threads: int | None = None):
-        """`cpu_threads`: the cores this replica may use (CPU replicas share a machine's)."""
-        if cpu_threads:
-            torch.set_num_threads(cpu_threads)
+    def __init__(self, source: str, device: str | None = None, index: int = 0, max_active: int | None = None):
         self.loaded = load_omni(source, device=device)
         warm_up(self.loaded)
         budget = CacheBudget.for_model(self.loaded, None)
@@ -82,6 +76,7 @@ class Replica:
         """Who this replica is, for the operator's log and the page's placement."""
         return {"index": self.index, "pid": os.getpid(), "host": socket.gethostname(), "incarnation": self.incarnation,
                 "device": str(self.loaded.device), "model": self.loaded.describe(), "source": self.loaded.source,
+                "threads": os.environ.get("OMP_NUM_THREADS"),
                 "tabs": len(self._tabs)}
 
     # ------------------------------------------------------------------ the page's calls

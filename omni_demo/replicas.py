@@ -91,16 +91,17 @@ class Replicas:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         count = count or gpus or 1
         on_gpu = gpus > 0 and device != "cpu"
+        # A CPU replica asks for its share of the cores, and Ray gives its process that many threads
+        # (OMP_NUM_THREADS), so replicas sharing a machine do not oversubscribe it.
+        cores = max(1, int(ray.cluster_resources().get("CPU", 1)) // count)
         actor = ray.remote(Replica).options(
             max_restarts=-1,  # Ray brings a dead replica back; its tabs have moved by then
             max_task_retries=0,  # a call in flight fails with it: the page rebuilds the tab elsewhere
             max_concurrency=CALLS_AT_ONCE,
             num_gpus=1 if on_gpu else 0,
-            num_cpus=0 if not on_gpu else 1,
+            num_cpus=1 if on_gpu else cores,
         )
-        cores = max(1, int(ray.cluster_resources().get("CPU", 1)) // count)
-        handles = [actor.remote(source, "cuda" if on_gpu else "cpu", index, max_active, None if on_gpu else cores)
-                   for index in range(count)]
+        handles = [actor.remote(source, "cuda" if on_gpu else "cpu", index, max_active) for index in range(count)]
         return cls(handles, ray)
 
     # ------------------------------------------------------------------ placement
