@@ -40,6 +40,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "(default: 60%% of what is free once the model is loaded)")
     parser.add_argument("--max-tabs", type=int, default=MAX_TABS, metavar="N",
                         help=f"conversations open at once; a tab past it is told the demo is full (default {MAX_TABS})")
+    parser.add_argument("--replicas", type=int, default=None, metavar="N",
+                        help="run the model as N replicas on a local Ray instance (default with --ray-address: one "
+                             "per GPU of the cluster; without a GPU, CPU replicas); needs `pip install ray`")
+    parser.add_argument("--ray-address", default=None, metavar="ADDR",
+                        help="join this Ray cluster (e.g. auto, or ray://head:10001) and place the replicas on its GPUs")
     return parser.parse_args(argv)
 
 
@@ -51,13 +56,25 @@ def main(argv=None) -> int:
     from model.loading import LoadError, load_omni
     from omni_demo.ui import build_app
 
+    replicas = None
     try:
-        loaded = load_omni(args.model, device=args.device)
+        if args.replicas or args.ray_address:  # the model on Ray replicas; this process holds none of its weights
+            from omni_demo.replicas import Replicas
+
+            replicas = Replicas.start(args.model, args.replicas, args.ray_address, args.device, args.max_active)
+            loaded = load_omni(replicas.source(), device="meta")
+        else:
+            loaded = load_omni(args.model, device=args.device)
     except LoadError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    logging.info("loaded %s", loaded.describe())
-    app = build_app(loaded, max_active=args.max_active, cache_gib=args.cache_gib, max_tabs=args.max_tabs)
+    if replicas is None:
+        logging.info("loaded %s", loaded.describe())
+    else:
+        logging.info("this process holds no weights (%s's processor and voices); the model runs on %d replica(s)",
+                     loaded.source, len(replicas.infos()))
+    app = build_app(loaded, max_active=args.max_active, cache_gib=args.cache_gib, max_tabs=args.max_tabs,
+                    replicas=replicas)
     # Each open tab holds a few threads (its streams and its answer).
     app.demo.launch(
         server_name=args.host, server_port=args.port, share=args.share, max_file_size=MAX_UPLOAD_BYTES,

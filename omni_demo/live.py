@@ -20,6 +20,7 @@ there a `ZeroGpuModel` keeps the conversation as its history instead of caches.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import shutil
 import tempfile
@@ -47,6 +48,8 @@ from omni_demo.gpu import ZeroGpuModel
 from omni_demo.listener import HeardTurn, Listener, TurnLimit
 from omni_demo.playback import PlayerFeed
 from omni_demo.playout import PlaybackClock, SpeechPace
+from omni_demo.remote_session import ReplicaModel
+from omni_demo.replicas import Replicas
 from omni_demo.tab_model import TabModel
 from omni_demo.timings import TurnTiming
 from omni_demo.turns import SpeechConfirmed, SpeechResumed, TurnEnded, TurnPaused, TurnSettings
@@ -101,10 +104,11 @@ class LiveSession:
     def __init__(self, key: str, loaded, worker: ModelWorker, vad=None, zero_gpu: bool = False,
                  turn_timeout_s: float = TURN_TIMEOUT_S, settings: ChatSettings | None = None,
                  pace: SpeechPace | None = None, max_positions: int | None = None, budget: CacheBudget | None = None,
-                 echo_cancel: bool = True):
+                 echo_cancel: bool = True, replicas: Replicas | None = None):
         """`pace`: the server's, shared by its tabs (one model makes everyone's speech). `max_positions`: what
         a conversation may use (default: the model's). `budget`: the caches' memory, shared by the tabs.
-        `echo_cancel`: take the answer's own speech out of the microphone (echo.py)."""
+        `echo_cancel`: take the answer's own speech out of the microphone (echo.py). `replicas`: the model runs
+        on Ray replicas, not in this process (replicas.py)."""
         self.key = key
         self.loaded = loaded
         self.worker = worker
@@ -118,6 +122,8 @@ class LiveSession:
         self.listener = Listener(vad, TurnSettings(silence_seconds=self.settings.silence_seconds),
                                  turn_limit(loaded, max_positions))
         model_class = ZeroGpuModel if zero_gpu else TabModel
+        if replicas is not None:
+            model_class = functools.partial(ReplicaModel, replicas=replicas)
         self.model = model_class(key, loaded, self.view, self.directory, self.settings.system_prompt, turn_timeout_s,
                                  closed=lambda: self.closed, max_positions=max_positions, budget=budget)
         self._mic = threading.Lock()  # one microphone chunk at a time, in order (handlers only)
@@ -274,6 +280,7 @@ class LiveSession:
         self.closed = True
         self.model.interrupt()
         self.worker.cancel(self.key)
+        self.model.close()
         self.listener.close()
         with self.view:
             pass  # wakes `follow`

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from omni_demo.cache_budget import CacheBudget
 from omni_demo.live import ChatSettings, LiveSession
 from omni_demo.playout import SpeechPace
+from omni_demo.replicas import Replicas
 from omni_demo.turns import load_vad
 from omni_demo.worker import ModelWorker
 
@@ -41,9 +42,10 @@ def full_message(open_tabs: int) -> str:
 class Sessions:
     def __init__(self, loaded, worker: ModelWorker, zero_gpu: bool = False, defaults: ChatSettings | None = None,
                  on_count: Callable[[int], None] = lambda count: None, idle_seconds: float = PAGELESS_IDLE_SECONDS,
-                 max_pageless: int = MAX_PAGELESS, max_tabs: int = MAX_TABS, budget: CacheBudget | None = None):
+                 max_pageless: int = MAX_PAGELESS, max_tabs: int = MAX_TABS, budget: CacheBudget | None = None,
+                 replicas: Replicas | None = None):
         """`on_count` hears how many tabs are open whenever one opens or closes. `budget`: the caches' memory,
-        shared by every tab."""
+        shared by every tab. `replicas`: the model's replicas on Ray, if it is not in this process."""
         self.on_count = on_count
         self.loaded = loaded
         self.worker = worker
@@ -54,6 +56,7 @@ class Sessions:
         self.max_pageless = max_pageless
         self.max_tabs = max_tabs
         self.budget = budget
+        self.replicas = replicas
         self._sessions: dict[str, LiveSession] = {}
         self._last_event: dict[str, float] = {}  # time.monotonic() of each session's last event
         self._pages: set[str] = set()  # keys whose page loaded: they end with its heartbeat, not by expiry
@@ -80,7 +83,7 @@ class Sessions:
                 # Each tab has its own VAD: Silero keeps the state of the stream it listens to.
                 session = self._sessions[key] = LiveSession(
                     key, self.loaded, self.worker, load_vad(), self.zero_gpu, settings=self.defaults, pace=self.pace,
-                    budget=self.budget,
+                    budget=self.budget, replicas=self.replicas,
                 )
                 self.on_count(len(self._sessions))
             return session

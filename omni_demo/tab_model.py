@@ -63,6 +63,9 @@ class TabModel:
         make it, and it touches no engine (the engine only watches the event)."""
         self._interrupt.set()
 
+    def close(self) -> None:
+        """The tab is gone (its caches go with this object; a replica's are freed there)."""
+
     def _ready(self) -> OmniSession:
         """The conversation's engine, its caches rebuilt if they were given back; others give theirs back if
         the budget needs it."""

@@ -21,6 +21,7 @@ from omni_demo import gpu
 from omni_demo.cache_budget import CacheBudget
 from omni_demo.live import ChatSettings
 from omni_demo.playback import player_script
+from omni_demo.replicas import Replicas
 from omni_demo.sessions import MAX_TABS, PAGELESS_IDLE_SECONDS, SessionClosed, SessionRefused, Sessions
 from omni_demo.timings import STAGES, chart, figures, summary
 from omni_demo.view import View
@@ -83,7 +84,7 @@ def _render(view: View, new_figures: str | None) -> tuple:
 
 def build_app(loaded, max_active: int | None = None, zero_gpu: bool | None = None, defaults: ChatSettings | None = None,
               pageless_idle_seconds: float = PAGELESS_IDLE_SECONDS, cache_gib: float | None = None,
-              max_tabs: int = MAX_TABS, budget: CacheBudget | None = None) -> App:
+              max_tabs: int = MAX_TABS, budget: CacheBudget | None = None, replicas: Replicas | None = None) -> App:
     """The page around `loaded`. On ZeroGPU (found from the environment unless told) each turn is one GPU
     call made by the `follow` event; elsewhere the model worker runs everything.
 
@@ -93,17 +94,20 @@ def build_app(loaded, max_active: int | None = None, zero_gpu: bool | None = Non
     runs first, so the first visitor waits no longer than the next (model/warm_up.py).
 
     `send`, `stop` and `clear` are also an API (gradio_client); a conversation that no page opened expires
-    after `pageless_idle_seconds` without an event, and only so many exist at once (omni_demo/sessions.py)."""
+    after `pageless_idle_seconds` without an event, and only so many exist at once (omni_demo/sessions.py).
+
+    With `replicas` the model runs on Ray (omni_demo/replicas.py) and `loaded` holds no weights: this
+    process's worker only relays each tab's calls, and every replica batches and budgets its own."""
     zero_gpu = gpu.on_zero_gpu() if zero_gpu is None else zero_gpu
     gpu.serve(loaded)
-    if budget is None:  # on ZeroGPU no cache outlives its call
-        budget = CacheBudget(None) if zero_gpu else CacheBudget.for_model(loaded, cache_gib)
-    max_active = max_active or budget.answers_at_once(loaded)
+    if budget is None:  # on ZeroGPU no cache outlives its call; on replicas none is held here
+        budget = CacheBudget(None) if zero_gpu or replicas else CacheBudget.for_model(loaded, cache_gib)
+    max_active = max_tabs if replicas else max_active or budget.answers_at_once(loaded)
     if budget.budget_bytes is not None:
         log.info("cache budget %.1f GiB: %d answers share each step, %d conversations at most",
                  budget.budget_bytes / 2**30, max_active, max_tabs)
-    if not zero_gpu:  # after the budget, which counts what is free; on ZeroGPU no GPU is held outside an answer
-        warm_up(loaded)
+    if not zero_gpu and not replicas:  # after the budget, which counts what is free; on ZeroGPU no GPU is held
+        warm_up(loaded)  # outside an answer; replicas warm up their own
     worker = ModelWorker(max_active=max_active)
     defaults = defaults or ChatSettings.for_model(loaded)
     family = loaded.family
@@ -112,7 +116,7 @@ def build_app(loaded, max_active: int | None = None, zero_gpu: bool | None = Non
         demo._queue.sleep_when_free = QUEUE_POLL_SECONDS["tabs open" if open_tabs else "no tab open"]
 
     sessions = Sessions(loaded, worker, zero_gpu, defaults, on_count=pace_queue, idle_seconds=pageless_idle_seconds,
-                        max_tabs=max_tabs, budget=budget)
+                        max_tabs=max_tabs, budget=budget, replicas=replicas)
     counter = itertools.count(1)  # values for the hidden trigger: each bump must differ from the last
 
     def session(request: gr.Request):
