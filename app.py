@@ -61,7 +61,8 @@ def main(argv=None) -> int:
         if args.replicas or args.ray_address:  # the model on Ray replicas; this process holds none of its weights
             from omni_demo.replicas import Replicas
 
-            replicas = Replicas.start(args.model, args.replicas, args.ray_address, args.device, args.max_active)
+            replicas = Replicas.start(args.model, args.replicas, args.ray_address, args.device, args.max_active,
+                                      args.cache_gib)
             loaded = load_omni(replicas.source(), device="meta")
         else:
             loaded = load_omni(args.model, device=args.device)

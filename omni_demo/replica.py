@@ -47,25 +47,44 @@ class HistorySync:
         return records[: self.keep] + self.tail
 
 
-@dataclass
+@dataclass(eq=False)
 class _Tab:
-    """A conversation held here."""
+    """A conversation held here; a holder of the replica's cache budget (omni_demo/cache_budget.py), which
+    only the worker's jobs touch."""
 
     session: OmniSession | None = None
     interrupt: threading.Event = field(default_factory=threading.Event)
     next_seq: int = 0  # the sequence number of the call to run next
     synced: list[Record] = field(default_factory=list)  # the history as the page holds it
+    jobs: int = 0  # its calls submitted and not yet finished
+    system_prompt: str | None = None
+    max_positions: int | None = None
+    given_back: list[Record] | None = None  # its history, while its caches are given back
+
+    @property
+    def idle(self) -> bool:
+        """Holds caches, and no call of it is waiting or running, nor a turn being heard."""
+        return self.session is not None and self.jobs == 0 and not self.session.hearing
+
+    def cache_bytes(self) -> int:
+        return self.session.cache_bytes() if self.session is not None else 0
+
+    def give_back(self) -> None:
+        self.given_back, self.session = self.session.history, None
 
 
 _END = object()  # an answer's stream is over
 
 
 class Replica:
-    def __init__(self, source: str, device: str | None = None, index: int = 0, max_active: int | None = None):
+    def __init__(self, source: str, device: str | None = None, index: int = 0, max_active: int | None = None,
+                 cache_gib: float | None = None):
+        """`cache_gib`: the caches' budget (default: a share of what is free once the model is loaded); idle
+        conversations give theirs back past it and are rebuilt from their history at their next call."""
         self.loaded = load_omni(source, device=device)
+        self.budget = CacheBudget.for_model(self.loaded, cache_gib)
         warm_up(self.loaded)
-        budget = CacheBudget.for_model(self.loaded, None)
-        self.worker = ModelWorker(max_active=max_active or budget.answers_at_once(self.loaded))
+        self.worker = ModelWorker(max_active=max_active or self.budget.answers_at_once(self.loaded))
         self.index = index
         self.incarnation = uuid.uuid4().hex  # a restarted replica holds none of the conversations it had
         self._tabs: dict[str, _Tab] = {}
@@ -77,6 +96,7 @@ class Replica:
         return {"index": self.index, "pid": os.getpid(), "host": socket.gethostname(), "incarnation": self.incarnation,
                 "device": str(self.loaded.device), "model": self.loaded.describe(), "source": self.loaded.source,
                 "threads": os.environ.get("OMP_NUM_THREADS"),
+                "cache_share": self.budget.held() / self.budget.budget_bytes if self.budget.budget_bytes else 0.0,
                 "tabs": len(self._tabs)}
 
     # ------------------------------------------------------------------ the page's calls
@@ -86,11 +106,16 @@ class Replica:
         done: Future = Future()
 
         def job() -> Iterator[None]:
+            hosted = self._tabs[tab]
             try:
-                yield from getattr(_Calls, name)(self, self._tabs[tab], *args)
-                done.set_result(self._sync(self._tabs[tab]))
+                if name != "start":
+                    yield from self._ready(hosted)
+                yield from getattr(_Calls, name)(self, hosted, *args)
+                done.set_result(self._sync(hosted))
             except BaseException as error:  # noqa: BLE001 - it belongs to the caller
                 done.set_exception(error)
+            finally:
+                self._finished(hosted)
 
         self._submit(incarnation, tab, seq, job())
         return done.result()
@@ -102,6 +127,7 @@ class Replica:
         def job() -> Iterator:
             hosted = self._tabs[tab]
             try:
+                yield from self._ready(hosted)
                 stream = hosted.session.respond(settings, batched=True)
                 try:
                     for event in stream:
@@ -116,6 +142,8 @@ class Replica:
                 events.put(self._sync(hosted))
             except BaseException as error:  # noqa: BLE001 - it belongs to the caller
                 events.put(error)
+            finally:
+                self._finished(hosted)
             events.put(_END)
 
         self._submit(incarnation, tab, seq, job())
@@ -156,7 +184,23 @@ class Replica:
                 raise RuntimeError(f"call {seq} of tab {tab[:8]} came twice")
             self.worker.submit(tab, job)  # the worker runs a tab's jobs in the order they are submitted
             hosted.next_seq += 1
+            hosted.jobs += 1
             self._order.notify_all()
+
+    def _finished(self, hosted: _Tab) -> None:
+        with self._order:
+            hosted.jobs -= 1
+
+    def _ready(self, hosted: _Tab) -> Iterator[None]:
+        """The conversation's caches, rebuilt from its history if they were given back (a turn a step); the
+        others' idle ones are given back first as far as the budget needs."""
+        self.budget.use(hosted)
+        if hosted.session is None and hosted.given_back is not None:
+            session = OmniSession(self.loaded, system_prompt=hosted.system_prompt, interrupt=hosted.interrupt,
+                                  max_positions=hosted.max_positions)
+            yield from session.restoring(hosted.given_back)
+            hosted.session, hosted.given_back = session, None
+            hosted.synced = list(session.history)  # the same records as the page's, made again
 
     @staticmethod
     def _sync(hosted: _Tab) -> HistorySync:
@@ -181,6 +225,8 @@ class _Calls:
     def start(replica: Replica, hosted: _Tab, system_prompt: str, max_positions: int | None,
               history: list[Record]) -> Iterator[None]:
         """A fresh engine, rebuilt from the page's history (a turn a step)."""
+        hosted.system_prompt, hosted.max_positions = system_prompt, max_positions
+        replica.budget.use(hosted)
         hosted.session = OmniSession(replica.loaded, system_prompt=system_prompt, interrupt=hosted.interrupt,
                                      max_positions=max_positions)
         yield from hosted.session.restoring(history)
@@ -188,7 +234,7 @@ class _Calls:
 
     @staticmethod
     def restore(replica: Replica, hosted: _Tab, system_prompt: str, history: list[Record]) -> Iterator[None]:
-        hosted.session.system_prompt = system_prompt
+        hosted.system_prompt = hosted.session.system_prompt = system_prompt
         hosted.session.restore(history)
         hosted.synced = list(hosted.session.history)  # the page's own: nothing comes back
         yield

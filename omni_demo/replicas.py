@@ -79,9 +79,10 @@ class Replicas:
 
     @classmethod
     def start(cls, source: str, count: int | None = None, address: str | None = None, device: str | None = None,
-              max_active: int | None = None, ray_init: dict | None = None) -> Replicas:
+              max_active: int | None = None, cache_gib: float | None = None, ray_init: dict | None = None) -> Replicas:
         """Starts Ray (or joins the cluster at `address`) and `count` replicas of `source`: by default one per
-        GPU in the cluster; with none, CPU replicas (`count`, default 1) sharing the machine's cores."""
+        GPU in the cluster; with none, CPU replicas (`count`, default 1) sharing the machine's cores.
+        `max_active` and `cache_gib` are each replica's (omni_demo/cache_budget.py)."""
         import ray
 
         from omni_demo.replica import Replica
@@ -101,19 +102,21 @@ class Replicas:
             num_gpus=1 if on_gpu else 0,
             num_cpus=1 if on_gpu else cores,
         )
-        handles = [actor.remote(source, "cuda" if on_gpu else "cpu", index, max_active) for index in range(count)]
+        handles = [actor.remote(source, "cuda" if on_gpu else "cpu", index, max_active, cache_gib)
+                   for index in range(count)]
         return cls(handles, ray)
 
     # ------------------------------------------------------------------ placement
 
     def bind(self, tab: str) -> Binding:
-        """The tab's replica: the live one with the fewest tabs."""
+        """The tab's replica: the live one with the fewest tabs, then the least of its cache budget held (as
+        its last ping said)."""
         with self._lock:
             live = [r for r in self._replicas if r.incarnation is not None]
             if not live:
                 raise ReplicaLost("No model server is running right now; your conversation is kept. Try again "
                                   "in a minute.")
-            replica = min(live, key=lambda r: (len(r.tabs), r.index))
+            replica = min(live, key=lambda r: (len(r.tabs), r.info.get("cache_share", 0.0), r.index))
             replica.tabs.add(tab)
             return Binding(replica, replica.incarnation, tab)
 
@@ -173,6 +176,9 @@ class Replicas:
                     continue
                 if info["incarnation"] != replica.incarnation:
                     self._up(replica, info)
+                else:
+                    with self._lock:
+                        replica.info = info
 
     def _up(self, replica: _Replica, info: dict) -> None:
         with self._lock:

@@ -17,8 +17,9 @@ from test_live_session import finish, speak
 
 from model.inputs.conversation import Text
 from model.loading import load_omni
-from model.session import AnswerTurn, LiveTurn, OmniSession, TextDelta, UserTurn
+from model.session import AnswerSettings, AnswerTurn, LiveTurn, OmniSession, TextDelta, UserTurn
 from omni_demo.live import LiveSession
+from omni_demo.replica import Replica
 from omni_demo.replicas import LOST_MESSAGE, Replicas
 from omni_demo.worker import ModelWorker
 
@@ -167,3 +168,40 @@ def test_a_killed_replica_moves_its_tabs_and_their_conversations_survive(loaded,
           f"(asked {asked:.2f} s after the kill); the replica back (restarted by Ray) {restored:.1f} s after the kill")
     for live in [*tabs, newcomer]:
         live.close()
+
+
+def test_a_replica_past_its_cache_budget_rebuilds_idle_conversations_from_their_history(tiny_dir, loaded):
+    """The replica's own cache budget (here a byte: only the conversation at work keeps its caches): an
+    idle one gives them back and is rebuilt from its history at its next call, answering as if it had kept
+    them, and the page is sent only what the turn added. In this process, without Ray: the same class."""
+    replica = Replica(str(tiny_dir), "cpu", cache_gib=1e-9)
+    settings = AnswerSettings(voice=loaded.voice_names[0], text_only=True, max_new_tokens=8, seed=5)
+    seqs = {"a": 0, "b": 0}
+
+    def call(tab, name, *args):
+        seqs[tab] += 1
+        return replica.call(replica.incarnation, tab, seqs[tab] - 1, name, *args)
+
+    def answer(tab):
+        seqs[tab] += 1
+        items = list(replica.answer(replica.incarnation, tab, seqs[tab] - 1, settings))
+        return [e.token for e in items if isinstance(e, TextDelta)], items[-1]
+
+    try:
+        for tab in ("a", "b"):
+            call(tab, "start", None, None, [])
+            call(tab, "add_user_turn", [Text(f"First question of {tab}.")], None)
+            answer(tab)
+        assert replica.budget.given_back >= 1 and replica._tabs["a"].session is None  # a gave its caches back
+        sync = call("a", "add_user_turn", [Text("Second question of a.")], None)
+        assert sync.keep == 2 and len(sync.tail) == 1  # rebuilt: the page gets the new turn, not the history again
+        tokens, _ = answer("a")
+        local = OmniSession(loaded)
+        expected = []
+        for question in ("First question of a.", "Second question of a."):
+            local.add_user_turn(Text(question))
+            expected = [e.token for e in local.respond(settings) if isinstance(e, TextDelta)]
+        assert tokens == expected
+        assert replica._tabs["b"].session is None and replica.budget.given_back >= 2  # b's turn to give back
+    finally:
+        replica.worker.stop()

@@ -147,6 +147,11 @@ class OmniSession:
         return H.user_turns(self._records)
 
     @property
+    def hearing(self) -> bool:
+        """A live turn is open (being heard)."""
+        return self._live is not None
+
+    @property
     def live_windows(self) -> int:
         """Windows of the live turn being heard that are already in the cache."""
         return len(self._live.windows) if self._live else 0
