@@ -75,12 +75,7 @@ class RemoteSession:
     def history(self) -> list[Record]:
         """The conversation as far as the replica has reported it (never raises: a failure waits for the next
         call)."""
-        while self._pending:
-            ref = self._pending.pop(0)
-            try:
-                self._apply(self.ray.get(ref))
-            except Exception as error:  # noqa: BLE001
-                self._failed = self._failed or self._unwrap(error)
+        self._take_results(wait=True)
         return list(self._records)
 
     def cache_bytes(self) -> int:
@@ -164,9 +159,9 @@ class RemoteSession:
         binding = self.binding
         return remote(binding.replica.handle, binding.incarnation, binding.tab, binding.next_seq(), *args)
 
-    def _settle(self, wait: bool = False) -> None:
-        """Takes in the results of the calls that have finished (`wait`: of all), in order; raises the first
-        failure."""
+    def _take_results(self, wait: bool) -> None:
+        """Takes in the results of the calls that have finished (`wait`: of all), in order; a failure is kept
+        for `_settle` to raise."""
         while self._pending:
             ready, _ = self.ray.wait(self._pending[:1], timeout=None if wait else 0)
             if not ready:
@@ -176,6 +171,10 @@ class RemoteSession:
                 self._apply(self.ray.get(ref))
             except Exception as error:  # noqa: BLE001
                 self._failed = self._failed or self._unwrap(error)
+
+    def _settle(self, wait: bool = False) -> None:
+        """`_take_results`, then raises the first failure of them (or the replica's loss)."""
+        self._take_results(wait)
         if self._failed is not None:
             error, self._failed = self._failed, None
             raise error

@@ -200,7 +200,7 @@ class Replica:
                                   max_positions=hosted.max_positions)
             yield from session.restoring(hosted.given_back)
             hosted.session, hosted.given_back = session, None
-            hosted.synced = list(session.history)  # the same records as the page's, made again
+            hosted.synced = list(session.history)  # the page's own records, made again: nothing comes back
 
     @staticmethod
     def _sync(hosted: _Tab) -> HistorySync:
@@ -224,13 +224,10 @@ class _Calls:
     @staticmethod
     def start(replica: Replica, hosted: _Tab, system_prompt: str, max_positions: int | None,
               history: list[Record]) -> Iterator[None]:
-        """A fresh engine, rebuilt from the page's history (a turn a step)."""
+        """A fresh engine, rebuilt from the page's history (a turn a step), as caches given back are."""
         hosted.system_prompt, hosted.max_positions = system_prompt, max_positions
-        replica.budget.use(hosted)
-        hosted.session = OmniSession(replica.loaded, system_prompt=system_prompt, interrupt=hosted.interrupt,
-                                     max_positions=max_positions)
-        yield from hosted.session.restoring(history)
-        hosted.synced = list(hosted.session.history)  # the page's own: nothing comes back
+        hosted.session, hosted.given_back = None, list(history)
+        yield from replica._ready(hosted)
 
     @staticmethod
     def restore(replica: Replica, hosted: _Tab, system_prompt: str, history: list[Record]) -> Iterator[None]:
