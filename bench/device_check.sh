@@ -11,7 +11,8 @@
 #                         (where they part, and the engine's top-2 margin there)
 #   latency-7b-*.json     bench.latency on the random-weight 7B: eager (growing cache), then compiled (static
 #   timeline-7b-*.png     cache, torch.compile with CUDA graphs); the figures and each one's timeline
-#   concurrency-7b.json   bench.concurrency on the random-weight 7B: 1, 4, 8 conversations at once
+#   concurrency-7b*.json  bench.concurrency on the random-weight 7B: 1, 4, 8 conversations at once, eager
+#                         (growing caches), then batched on compiled batch caches (CUDA graphs per bucket)
 #   latency-3b.json       the 3B, compiled, if the time allows
 #   latency-qwen3.json    the random-weight Qwen3-Omni-30B-A3B (65.7 GiB in bfloat16), eager, if the time allows
 #
@@ -87,6 +88,9 @@ step 150 "$OUT/latency-7b-compiled.json" python3 -m bench.latency --model "$BIG"
 # Many people at once (bench.concurrency): 1, 4 and 8 conversations asked together, batched against the
 # step-interleaved worker and transformers back to back.
 step 150 "$OUT/concurrency-7b.json" python3 -m bench.concurrency --model "$BIG" --device "$DEVICE" --users 1,4,8 --tokens 40 --codes 100 --decode growing --json
+# The same batched, on static caches and the worker's batch cache, its step compiled per batch size and
+# length bucket (CUDA graphs): the first step of each bucket pays its compilation, which this run includes.
+step 180 "$OUT/concurrency-7b-compiled.json" python3 -m bench.concurrency --model "$BIG" --device "$DEVICE" --users 1,4,8 --tokens 40 --codes 100 --decode compiled --schedulers batched --json
 step 90 "$OUT/latency-3b.json" python3 -m bench.latency --model "$SMALL" "${BENCH[@]}" --decode compiled --stage-sync off
 # Qwen3-Omni: --codes counts its 80 ms frames (75: 6 s of speech, as 300 codes of Qwen2.5-Omni).
 step 120 "$OUT/latency-qwen3.json" python3 -m bench.latency --model "$QWEN3" --device "$DEVICE" --tokens 60 --codes 75 --runs 1 --json --decode growing --chart "$OUT/timeline-qwen3.png"

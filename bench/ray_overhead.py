@@ -2,7 +2,7 @@
 class in this process (its model worker's thread doing the work in both, as the app's does in one
 process), one after the other on the same machine and checkpoint.
 
-* a live window: 2 s of the test voice and its four camera frames, `feed` (prefilled at once: each window
+* a live window: 2 s of sound (noise at -20 dB) and its four camera frames, `feed` (prefilled at once: each window
   is a settled one), from the call to its result here;
 * an answer's events: the same answer (same seed) streamed from the replica and made here; each event's
   arrival time from the answer's start, here against there. The first event's difference is what a turn's

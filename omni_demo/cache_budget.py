@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 import weakref
+from collections.abc import Callable
 
 import psutil
 import torch
@@ -49,6 +50,12 @@ class CacheBudget:
         self._clock = itertools.count()
         self.given_back = 0  # conversations whose caches were given back, so far
         self.peak = 0  # the most held after making room, in bytes
+        # What the model thread holds besides the conversations' own caches: its batch caches (a GPU's answers
+        # decode on one, model/engine/batch_cache.py); `counts_also` names where to read it.
+        self._also: Callable[[], int] = lambda: 0
+
+    def counts_also(self, held: Callable[[], int]) -> None:
+        self._also = held
 
     @classmethod
     def for_model(cls, loaded, cache_gib: float | None = None) -> CacheBudget:
@@ -62,10 +69,13 @@ class CacheBudget:
         """How many conversations of `PLANNED_POSITIONS` the budget holds, within 1..MAX_ACTIVE."""
         if self.budget_bytes is None:
             return MAX_ACTIVE
-        return max(1, min(MAX_ACTIVE, self.budget_bytes // (PLANNED_POSITIONS * bytes_per_position(loaded))))
+        planned = PLANNED_POSITIONS * bytes_per_position(loaded)
+        if loaded.device.type == "cuda":  # answers decode on static caches and, batched, on a copy in a batch cache
+            planned *= 2
+        return max(1, min(MAX_ACTIVE, self.budget_bytes // planned))
 
     def held(self) -> int:
-        return sum(holder.cache_bytes() for holder in list(self._used))
+        return sum(holder.cache_bytes() for holder in list(self._used)) + self._also()
 
     def use(self, holder) -> None:
         """`holder` (a TabModel) is about to use its caches: the others give theirs back, idle ones first used

@@ -45,8 +45,17 @@ MAX_DELAY_SECONDS = 0.6
 # an echo); with an echo 0.25 s late it was at least 0.72 at -20 dB, 0.83 at -10 dB, 0.92 at 0 dB.
 NO_ECHO_CORRELATION = 0.5
 HISTORY_SECONDS = 30.0  # what the judgement looks back over, at most
-# A microphone that was silent this long (recording paused, a throttled tab) starts its clock afresh.
+# A microphone that was off (recording paused) starts its clock afresh: its chunks come more than MIC_GAP_SECONDS
+# late, and then keep coming at the pace they are captured. A stream that only stalled (a network hiccup, a GC
+# pause, a loaded machine) also comes late, then catches up: its chunks come faster than they are captured,
+# however slowly, so the lateness keeps falling. Its clock must not move, or the chunks of the catch-up are
+# placed a second or more after what played as they were captured, and the canceller and the echo detector
+# compare the microphone with the wrong far end (CI runs on a loaded machine took the echo for the user so).
+# So the clock starts afresh only once the lateness has stopped falling (by MIC_CATCH_UP_SECONDS) for
+# MIC_RESUMED_SECONDS.
 MIC_GAP_SECONDS = 1.0
+MIC_RESUMED_SECONDS = 0.5
+MIC_CATCH_UP_SECONDS = 0.02
 
 
 class MicClock:
@@ -57,14 +66,35 @@ class MicClock:
         self.rate = rate
         self.samples = 0
         self._origin: float | None = None  # when sample 0 was captured
+        # Chunks more than MIC_GAP_SECONDS late: the lowest origin they give, that origin when it last fell by
+        # MIC_CATCH_UP_SECONDS, and when that was. Pending until the microphone is known to have resumed.
+        self._late: tuple[float, float, float] | None = None
+
+    @property
+    def settled(self) -> bool:
+        """False while late chunks are placed on an origin that may be about to change."""
+        return self._late is None
 
     def place(self, count: int, arrived: float) -> float:
         """`count` new samples arrived at `arrived`: when the first of them was captured."""
         first = self.samples
         self.samples += count
         origin = arrived - self.samples / self.rate
-        if self._origin is None or origin < self._origin or origin - self._origin > MIC_GAP_SECONDS:
-            self._origin = origin
+        if self._origin is None or origin < self._origin:
+            self._origin, self._late = origin, None
+        elif origin - self._origin <= MIC_GAP_SECONDS:
+            self._late = None  # back in step: it had only stalled
+        elif self._late is None or origin - self._late[0] > MIC_GAP_SECONDS:  # (off again before it was known)
+            self._late = (origin, origin, arrived)
+        else:
+            lowest, fell_to, since = self._late
+            lowest = min(lowest, origin)
+            if lowest < fell_to - MIC_CATCH_UP_SECONDS:  # still catching up
+                self._late = (lowest, lowest, arrived)
+            elif arrived - since >= MIC_RESUMED_SECONDS:  # at the pace it captures: resumed after a pause
+                self._origin, self._late = lowest, None
+            else:
+                self._late = (lowest, fell_to, since)
         return self._origin + first / self.rate
 
 
@@ -192,6 +222,7 @@ class EchoCanceller:
     def clean(self, audio: np.ndarray, arrived: float, played: Played | None) -> np.ndarray:
         """`audio` arrived at `arrived` (time.monotonic()); `played`: the answer the page is playing."""
         start = self.clock.place(len(audio), arrived)
+        settled = self.clock.settled
         self.far_end.update(played)
         mic = np.concatenate([self._mic, audio])
         far = np.concatenate([self._far, self.far_end.between(start, len(audio))])
@@ -206,7 +237,8 @@ class EchoCanceller:
             # The canceller hears everything, so that it knows the room whenever an answer plays.
             self._apm.process_reverse_stream(self._frame(played))
             self._apm.set_stream_delay_ms(0)  # AEC3 finds the delay itself (module docstring)
-            self.detector.add(played, mic[at : at + FRAME])
+            if settled:  # the detector judges only what is surely aligned
+                self.detector.add(played, mic[at : at + FRAME])
             frame = self._frame(mic[at : at + FRAME])
             self._apm.process_stream(frame)  # in place
             if self._frames < self._echo_until and self.detector.found is not False:

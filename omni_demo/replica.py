@@ -85,6 +85,7 @@ class Replica:
         self.budget = CacheBudget.for_model(self.loaded, cache_gib)
         warm_up(self.loaded)
         self.worker = ModelWorker(max_active=max_active or self.budget.answers_at_once(self.loaded))
+        self.budget.counts_also(self.worker.batch_cache_bytes)
         self.index = index
         self.incarnation = uuid.uuid4().hex  # a restarted replica holds none of the conversations it had
         self._tabs: dict[str, _Tab] = {}

@@ -109,6 +109,7 @@ def build_app(loaded, max_active: int | None = None, zero_gpu: bool | None = Non
     if not zero_gpu and not replicas:  # after the budget, which counts what is free; on ZeroGPU no GPU is held
         warm_up(loaded)  # outside an answer; replicas warm up their own
     worker = ModelWorker(max_active=max_active)
+    budget.counts_also(worker.batch_cache_bytes)
     defaults = defaults or ChatSettings.for_model(loaded)
     family = loaded.family
 

@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 
+from model.engine.batch_cache import BatchCaches
 from model.engine.batched_step import Step, run_steps
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class ModelWorker:
             raise ValueError("max_active must be at least 1")
         self.max_active = max_active
         self.batch = batch
+        self._batch_caches = BatchCaches()  # this thread's (the model thread's) batch caches between rounds
         self._jobs: dict[Hashable, deque[Job]] = {}
         self._active: deque[Hashable] = deque()  # sessions sharing the model, in round-robin order
         self._waiting: deque[Hashable] = deque()  # sessions with work, not yet admitted
@@ -51,6 +53,10 @@ class ModelWorker:
         if thread:
             self._thread = threading.Thread(target=self._run, name="model-worker", daemon=True)
             self._thread.start()
+
+    def batch_cache_bytes(self) -> int:
+        """The memory of the batch caches kept between rounds (the cache budget counts it)."""
+        return self._batch_caches.nbytes()
 
     def submit(self, key: Hashable, steps: Iterator, on_error: Callable[[BaseException], None] | None = None) -> None:
         with self._lock:
@@ -160,12 +166,16 @@ class ModelWorker:
         del asked
         for key in finished:
             self._finish(key)
+        with self._lock:
+            nobody = not self._active
+        if nobody:
+            self._batch_caches.clear()
 
     def _decode(self, asked: list[tuple[Hashable, Job, Step]]) -> list[Hashable]:
         """The round's steps, batched; a failure reaches every job that asked (each recovers its own).
         Returns the sessions whose job has finished."""
         try:
-            run_steps([step for _, _, step in asked], batch=self.batch)
+            run_steps([step for _, _, step in asked], batch=self.batch, caches=self._batch_caches)
             return []
         except BaseException as error:  # noqa: BLE001 - the failure belongs to the answers, not to the worker
             log.exception("a batched step failed")

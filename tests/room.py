@@ -90,6 +90,12 @@ class Room:
         self.answers: list = []  # every answer the page has played
         self.echo = np.zeros(0, np.float32)  # what the microphone got of the speakers, for the figures
         self.sent = np.zeros(0, np.float32)  # all it sent
+        self.stall: tuple[float, float] | None = None  # (at, seconds): see `stall_once`
+
+    def stall_once(self, at: float, seconds: float) -> None:
+        """The microphone's stream stalls (a network or GC pause) when `at` seconds of it have been sent: for
+        `seconds` nothing comes, then the chunks captured meanwhile all come at once."""
+        self.stall = (at, seconds)
 
     def speakers(self, start: float, count: int) -> np.ndarray:
         """What the speakers emit from `start` (time.monotonic()) on, `count` samples."""
@@ -120,6 +126,9 @@ class Room:
             count = round(CHUNK_SECONDS * RATE)
             first = self.samples
             captured = self.start + (first + count) / RATE  # when the chunk's last sample is in
+            if self.stall is not None and self.now() >= self.stall[0]:
+                time.sleep(self.stall[1])
+                self.stall = None
             wait = captured - time.monotonic()
             if wait > 0:
                 time.sleep(wait)

@@ -12,16 +12,19 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_session import assert_same_choices
 
 from model import constants as C
+from model.engine import batch_cache, kv_cache
 from model.engine.batched_step import DecodeStep, Step, run_steps
 from model.engine.events import AnswerDone, AnswerSettings, TextDelta
 from model.engine.sampling import Sampling
 from model.inputs.conversation import Text
 from model.session import OmniSession
+from omni_demo.cache_budget import CacheBudget, bytes_per_position
 from omni_demo.worker import ModelWorker
 
 QUESTIONS = ("What is two plus two?", "Tell me about the sea, and the ships on it.", "Hi")
@@ -130,6 +133,14 @@ def test_answers_decoded_together_equal_each_alone(loaded, solos, plan):
     check_schedule(loaded, plan, solos)
 
 
+@settings(EXAMPLES, max_examples=6)
+@given(plan=conversations)
+def test_answers_on_static_caches_equal_each_alone_through_the_batch_cache(loaded, solos, plan):
+    """A GPU's case: every conversation on a static cache, so every batched step runs on the worker's batch
+    cache, kept across rounds while answers arrive, are cut off (their caches rewound) and end."""
+    check_schedule(loaded, [dict(p, decode="static") for p in plan], solos)
+
+
 @settings(EXAMPLES, max_examples=4)
 @given(plan=conversations)
 def test_qwen3_omni_answers_decoded_together_equal_each_alone(qwen3_loaded, solos, plan):
@@ -229,3 +240,121 @@ def test_qwen3_omni_frames_of_several_answers_are_predicted_together(qwen3_loade
         assert_same_choices(mine_done.codes, their_done.codes, their_done.code_margins)
         if mine_done.codes == their_done.codes:
             np.testing.assert_allclose(audio(mine), audio(theirs), atol=1e-4)
+
+
+def static_answers(loaded, decode: str, arrivals=(0, 0, 0)) -> tuple[list[AnswerDone], ModelWorker, list, int]:
+    """The three questions answered together on `decode` caches (static ones run on the worker's batch
+    cache), each arriving in its round; the batch sizes of the thinker's decoder calls, and the most the
+    worker's batch caches held, as the cache budget counts it."""
+    budget = CacheBudget(None)
+    worker = ModelWorker(max_active=3, thread=False)
+    budget.counts_also(worker.batch_cache_bytes)
+    held = 0
+    sessions = [OmniSession(loaded, decode=decode) for _ in QUESTIONS]
+    outs = [{} for _ in QUESTIONS]
+    sizes: list[int] = []
+    decoder = loaded.model.thinker.model.language_model
+    hook = decoder.register_forward_hook(lambda module, args, kwargs, out: sizes.append(kwargs["inputs_embeds"].shape[0]),
+                                         with_kwargs=True)
+    try:
+        round_ = 0
+        while round_ <= max(arrivals) or worker.run_round():
+            for i, arrives in enumerate(arrivals):
+                if arrives == round_:
+                    worker.submit(i, answer_job(sessions[i], QUESTIONS[i], None, outs[i]))
+            worker.run_round()
+            held = max(held, budget.held())
+            round_ += 1
+    finally:
+        hook.remove()
+    return [out["done"] for out in outs], worker, sizes, held
+
+
+def test_static_caches_decode_on_the_batch_cache_kept_between_steps(loaded, solos):
+    """Conversations with static caches (a GPU's) decode on the worker's batch cache: built once and then
+    only stepped while the same answers decode (one arriving late takes a free row), in fixed shapes (four
+    rows for three answers), each answer what it is alone; let go when nobody answers."""
+    dones, worker, sizes, held = static_answers(loaded, "static", arrivals=(0, 0, 3))
+    batches = worker._batch_caches
+    assert 4 in sizes and 3 not in sizes  # three answers run as a batch of four rows
+    # For each decoder (the thinker's, the talker's): built when the first two met, and again when the third
+    # came (two rows to four); never while the same answers went on, nor when one skipped a round.
+    assert batches.builds == 4 and batches.steps >= 4 * batches.builds
+    for done, question in zip(dones, QUESTIONS):
+        solo = alone(loaded, question, False, solos)
+        assert_same_choices(done.tokens, solo.tokens, solo.token_margins)
+        if done.tokens == solo.tokens:
+            assert_same_choices(done.codes, solo.codes, solo.code_margins)
+    # The budget counted the batch caches (the thinker's and the talker's, four rows each at most) ...
+    assert 0 < held <= 4 * 2 * batch_cache.MIN_POSITIONS * bytes_per_position(loaded)
+    assert not batches._batches and worker.batch_cache_bytes() == 0  # ... and nobody answers: let go
+
+
+def test_a_conversation_changed_outside_the_batch_is_copied_again(loaded):
+    """A row's conversation whose cache changed outside the batch (its last position taken back and another
+    token fed there alone, as a live window redone does: same length, other content) is not stepped on its
+    old row: the batch is built again, and the step gives what that conversation gives on its own."""
+    sessions = [OmniSession(loaded, decode="static") for _ in range(2)]
+    twin = OmniSession(loaded, decode="growing")  # the first conversation, on its own
+    for session, question in zip([*sessions, twin], [QUESTIONS[0], QUESTIONS[1], QUESTIONS[0]]):
+        session.add_user_turn(Text(question))
+    streams = [session.thinker for session in sessions]
+    caches = batch_cache.BatchCaches()
+
+    def together(tokens: list[int]) -> list[torch.Tensor]:
+        steps = [stream.step_request(token) for stream, token in zip(streams, tokens)]
+        run_steps(steps, caches=caches)
+        return [step.result[0] for step in steps]
+
+    together([11, 12])
+    twin.thinker.step(11)
+    before = streams[0].mark()
+    together([13, 14])
+    assert caches.builds == 1  # the second step ran on the batch's cache as it was
+    streams[0].rewind(before)
+    streams[0].step(15)
+    twin.thinker.step(15)
+    logits = together([16, 17])[0]
+    torch.testing.assert_close(logits, twin.thinker.step(16)[0], rtol=1e-4, atol=1e-4)
+    assert caches.builds == 2
+
+
+def test_the_compiled_batch_step_answers_as_the_eager_one_on_cpu(loaded, caplog):
+    """torch.compile (inductor's CPU code) of the batch cache's step, one graph per batch size and length
+    bucket (CUDA graphs on a GPU): the same answers as the eager batch step."""
+    eager, *_ = static_answers(loaded, "static", arrivals=(0, 0, 3))
+    torch._dynamo.reset()
+    with caplog.at_level("WARNING", logger="model.engine.batch_cache"):
+        compiled, worker, sizes, _ = static_answers(loaded, "compiled", arrivals=(0, 0, 3))
+    assert "batching eagerly" not in caplog.text and 4 in sizes
+    decoder = loaded.model.thinker.model.language_model
+    assert worker._batch_caches._compiled[id(decoder)] is not batch_cache._batch_step  # it was compiled
+    for mine, theirs in zip(compiled, eager):
+        assert_same_choices(mine.tokens, theirs.tokens, theirs.token_margins)
+        if mine.tokens == theirs.tokens:
+            assert_same_choices(mine.codes, theirs.codes, theirs.code_margins)
+
+
+def test_a_batch_step_the_compiler_fails_on_runs_eagerly(loaded, solos, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        def step(module, cache, *rest):
+            for layer in cache.layers:  # a failure after part of the step was written
+                layer.cumulative_length.add_(1)
+            raise RuntimeError("inductor: no C++ compiler")
+
+        return step
+
+    monkeypatch.setattr(batch_cache.torch, "compile", broken)
+    monkeypatch.setattr(kv_cache, "compiled_step", lambda module: kv_cache._step)  # lone steps: eager here
+    with caplog.at_level("WARNING"):
+        dones, *_ = static_answers(loaded, "compiled")
+    assert "batching eagerly" in caplog.text
+    for done, question in zip(dones, QUESTIONS):
+        solo = alone(loaded, question, False, solos)
+        assert_same_choices(done.tokens, solo.tokens, solo.token_margins)
+
+
+@settings(EXAMPLES, max_examples=3)
+@given(plan=conversations)
+def test_qwen3_omni_answers_on_static_caches_equal_each_alone_through_the_batch_cache(qwen3_loaded, solos, plan):
+    check_schedule(qwen3_loaded, [dict(p, decode="static") for p in plan], solos)

@@ -90,6 +90,9 @@ def test_eight_tabs_over_two_replicas_each_get_their_own_answers(loaded, page_lo
     for live in tabs:  # a spoken question each, its windows prefilled on the replica while it is heard
         assert speak(live, question) == 1
     finish(tabs[0], page_worker)
+    # Its spoken answer played to its end: a question typed while it plays would cut it where it was heard.
+    spoken = tabs[0].view.answer
+    wait_until(lambda: spoken.clock.playing_until() < time.monotonic(), 60, "tab-0's spoken answer playing")
     places = {live.key: live.model.replica for live in tabs}
     for i, live in enumerate(tabs):  # then a typed one each
         assert live.send(f"Question {i}: what did I say?", []) is None

@@ -19,6 +19,9 @@ batched forward their keys and values are left-padded to the longest and stacked
 pads, each row keeps its own 3-D rope ids, and each row's new keys and values go back to its own cache. That
 copies the caches once per step, about what the attention reads anyway, and keeps everything else (rewinds,
 live windows, restores, one conversation's prefill, a lone step's compiled form on CUDA) exactly as it was.
+Where every conversation of a group has a static cache (decode "static" or "compiled": a GPU's), the model
+thread keeps the batch's own padded cache between steps instead (model/engine/batch_cache.py): no gathering
+per step, fixed shapes per batch size, and so a compiled step (CUDA graphs) per bucket.
 Rows may differ from a lone forward by float rounding (matrix kernels block a batch differently):
 tests/test_batched_step.py bounds it.
 """
@@ -32,6 +35,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
+
+from model.engine.batch_cache import BatchCaches
+from model.engine.kv_cache import StaticKV
 
 
 class Step:
@@ -69,29 +75,35 @@ class DecodeStep(Step):
         self.ran = True
 
     @classmethod
-    def run_together(cls, steps: list[DecodeStep]) -> None:
-        """One forward per decoder."""
+    def run_together(cls, steps: list[DecodeStep], caches: BatchCaches | None = None) -> None:
+        """One forward per decoder: on the model thread's batch cache (`caches`) where every conversation
+        has a static cache (a GPU's), else by gathering the caches."""
         groups: dict[int, list[DecodeStep]] = {}
         for step in steps:
             groups.setdefault(id(step.module), []).append(step)
         for group in groups.values():
-            if len(group) > 1:
-                _batched(group)
-            else:
+            if len(group) == 1:
                 group[0].run()  # alone: a static cache's compiled step too
+            elif caches is not None and all(isinstance(step.cache, StaticKV) for step in group):
+                caches.run(group)
+            else:
+                _batched(group)
 
 
-def run_steps(steps: list[Step], batch: bool = True) -> None:
-    """Runs each step once: with `batch`, each kind's together (decode steps, vocoder windows), else alone."""
+def run_steps(steps: list[Step], batch: bool = True, caches: BatchCaches | None = None) -> None:
+    """Runs each step once: with `batch`, each kind's together (decode steps, vocoder windows), else alone.
+    `caches`: the calling thread's batch caches, for decode steps on static caches."""
     kinds: dict[type, list[Step]] = {}
     for step in steps:
         kinds.setdefault(type(step), []).append(step)
     for kind, group in kinds.items():
-        if batch and len(group) > 1:
-            kind.run_together(group)
-        else:
+        if not batch or len(group) == 1:
             for step in group:
                 step.run()
+        elif kind is DecodeStep:
+            DecodeStep.run_together(group, caches)
+        else:
+            kind.run_together(group)
 
 
 @torch.no_grad()

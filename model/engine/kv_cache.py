@@ -74,6 +74,7 @@ class StaticKV:
         self.cache = StaticCache(config=config, max_cache_len=length)
         self.size = length  # positions allocated
         self.length = 0
+        self.version = 0  # changes with every change of what it holds (a batch's cache copies it: batch_cache.py)
 
     @property
     def layers(self):
@@ -100,12 +101,14 @@ class StaticKV:
         else:
             hidden = _step(module, self.cache, embeds, position_ids, **extra)
         self.length += count
+        self.version += 1
         return hidden
 
     def keep(self, length: int) -> None:
         if length > self.length:
             raise ValueError(f"the cache holds {self.length} positions, not {length}")
         self.length = length
+        self.version += 1
         for layer in self.cache.layers:
             if layer.is_initialized:
                 layer.cumulative_length.fill_(length)  # in place: its address is part of the captured step
@@ -122,6 +125,7 @@ class StaticKV:
         layer.values[:, :, self.length] = values[:, :, 0]
         if index == len(self.cache.layers) - 1:
             self.length += 1
+            self.version += 1
             for each in self.cache.layers:
                 each.cumulative_length.fill_(self.length)
 
