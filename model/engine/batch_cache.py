@@ -28,6 +28,8 @@ import logging
 import torch
 from transformers import StaticCache
 
+from model.engine.kv_cache import compile_for
+
 log = logging.getLogger(__name__)
 
 ROWS = (2, 4, 8, 16)
@@ -106,8 +108,8 @@ class BatchCache:
 
     def wrote(self, row: int, cache) -> None:
         """The step's new position of `row` into its conversation's own cache."""
+        at = slice(self.end, self.end + 1)
         for index, layer in enumerate(self.cache.layers):
-            at = slice(self.end, self.end + 1)
             cache.append(index, layer.keys[row : row + 1, :, at], layer.values[row : row + 1, :, at])
         self.members[row] = (cache, cache.version)
 
@@ -124,8 +126,8 @@ class BatchCaches:
     def __init__(self):
         self._batches: dict[int, BatchCache] = {}  # id(decoder) -> its batch
         self._compiled: dict[int, object] = {}  # id(decoder) -> its compiled batch step
-        self.builds = 0  # batch caches built from the conversations' own, and batched steps (for tests)
-        self.steps = 0
+        self.builds = 0  # batch caches built from the conversations' own (for tests)
+        self.steps = 0  # batched steps run (for tests)
 
     @torch.no_grad()
     def run(self, steps: list) -> None:
@@ -183,6 +185,5 @@ class BatchCaches:
     def _compiled_step(self, module):
         if id(module) not in self._compiled:
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-            on_cuda = next(module.parameters()).device.type == "cuda"
-            self._compiled[id(module)] = torch.compile(_batch_step, dynamic=False, mode="reduce-overhead" if on_cuda else None)
+            self._compiled[id(module)] = compile_for(module, _batch_step)
         return self._compiled[id(module)]

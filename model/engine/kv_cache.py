@@ -158,6 +158,11 @@ _COMPILED: dict[int, object] = {}  # one compiled step per decoder module, share
 def compiled_step(module):
     key = id(module)
     if key not in _COMPILED:
-        on_cuda = next(module.parameters()).device.type == "cuda"
-        _COMPILED[key] = torch.compile(_step, dynamic=False, mode="reduce-overhead" if on_cuda else None)
+        _COMPILED[key] = compile_for(module, _step)
     return _COMPILED[key]
+
+
+def compile_for(module, step):
+    """`step` (a decode step of `module`) through torch.compile: fixed shapes, CUDA graphs on CUDA."""
+    on_cuda = next(module.parameters()).device.type == "cuda"
+    return torch.compile(step, dynamic=False, mode="reduce-overhead" if on_cuda else None)
