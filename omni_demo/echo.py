@@ -45,6 +45,11 @@ MAX_DELAY_SECONDS = 0.6
 # an echo); with an echo 0.25 s late it was at least 0.72 at -20 dB, 0.83 at -10 dB, 0.92 at 0 dB.
 NO_ECHO_CORRELATION = 0.5
 HISTORY_SECONDS = 30.0  # what the judgement looks back over, at most
+# While AEC3 learns the room (no judgement yet, and an echo can be in the microphone), a turn needs this much
+# voice to be confirmed instead of turn-taking's 0.3 s. From a short first burst of speech and a pause (a
+# server that slows down after a fast start) AEC3 learns the room wrong, and lets the next burst's echo
+# through at 2-10 dB below itself for up to half a second: Silero took that for the user (docs/echo.md).
+LEARNING_MIN_SPEECH_SECONDS = 1.0
 # A microphone that was off (recording paused) starts its clock afresh: its chunks come more than MIC_GAP_SECONDS
 # late, and then keep coming at the pace they are captured. A stream that only stalled (a network hiccup, a GC
 # pause, a loaded machine) also comes late, then catches up: its chunks come faster than they are captured,
@@ -168,11 +173,14 @@ class EchoDetector:
         self._far: deque[float] = deque(maxlen=frames)  # dB, every frame, until an echo is found
         self._mic: deque[float] = deque(maxlen=frames)
 
-    def add(self, far: np.ndarray, mic: np.ndarray) -> None:
+    def add(self, far: np.ndarray, mic: np.ndarray, aligned: bool = True) -> None:
+        """One 10 ms frame. A frame whose far end is not surely the one played as the microphone captured it
+        keeps its place unjudged: leaving it out would set what played before it against what the
+        microphone heard after it, as if that were its echo (a microphone stall judged an echo "none" so)."""
         if self.found:  # it stays found: nothing more to judge
             return
-        self._far.append(_db(far))
-        self._mic.append(_db(mic))
+        self._far.append(_db(far) if aligned else math.nan)
+        self._mic.append(_db(mic) if aligned else math.nan)
 
     def judge(self) -> None:
         if self.found:
@@ -195,6 +203,10 @@ def _db(samples: np.ndarray) -> float:
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    known = np.isfinite(a) & np.isfinite(b)  # pairs with an unaligned frame are not judged
+    a, b = a[known], b[known]
+    if len(a) < 2:
+        return 0.0
     a, b = a - a.mean(), b - b.mean()
     return float(np.dot(a, b) / (np.sqrt(np.dot(a, a) * np.dot(b, b)) + 1e-12))
 
@@ -237,8 +249,7 @@ class EchoCanceller:
             # The canceller hears everything, so that it knows the room whenever an answer plays.
             self._apm.process_reverse_stream(self._frame(played))
             self._apm.set_stream_delay_ms(0)  # AEC3 finds the delay itself (module docstring)
-            if settled:  # the detector judges only what is surely aligned
-                self.detector.add(played, mic[at : at + FRAME])
+            self.detector.add(played, mic[at : at + FRAME], aligned=settled)
             frame = self._frame(mic[at : at + FRAME])
             self._apm.process_stream(frame)  # in place
             if self._frames < self._echo_until and self.detector.found is not False:
@@ -246,6 +257,12 @@ class EchoCanceller:
             self._frames += 1
         self.detector.judge()
         return out
+
+    @property
+    def min_speech_seconds(self) -> float | None:
+        """The voice a turn needs to be confirmed in what `clean` returned last (None: turn-taking's own)."""
+        learning = self.detector.found is None and self._frames < self._echo_until
+        return LEARNING_MIN_SPEECH_SECONDS if learning else None
 
     def _frame(self, samples: np.ndarray):
         pcm = bytearray((np.clip(samples, -1.0, 32767 / 32768) * 32768).astype(np.int16).tobytes())

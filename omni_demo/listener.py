@@ -114,8 +114,10 @@ class Listener:
         with self._lock:
             self._detector.settings = replace(self._detector.settings, prepare_seconds=seconds)
 
-    def hear(self, audio: np.ndarray) -> list[tuple[TurnEvent, HeardTurn]]:
-        """Microphone audio (16 kHz mono float32); returns the turn events it caused, each with its turn."""
+    def hear(self, audio: np.ndarray, min_speech_seconds: float | None = None) -> list[tuple[TurnEvent, HeardTurn]]:
+        """Microphone audio (16 kHz mono float32); returns the turn events it caused, each with its turn.
+        `min_speech_seconds`: the voice that confirms a turn in this audio, if not the settings' (the echo
+        canceller's bar while it learns the room)."""
         with self._lock:
             if not len(audio):
                 return []
@@ -130,7 +132,7 @@ class Listener:
             while self._recent_frames and self._recent_frames[0][1] < keep_from:
                 self._recent_frames.popleft()
             events = []
-            for event in self._detector.feed(audio):
+            for event in self._detector.feed(audio, min_speech_seconds):
                 if isinstance(event, SpeechStarted):
                     self._begin_turn(event.turn_start)
                 elif isinstance(event, SpeechConfirmed) and self.turn is not None:

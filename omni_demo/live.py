@@ -181,10 +181,12 @@ class LiveSession:
             if self.closed:
                 return False
             audio = self._resampler(rate, samples)
+            min_speech = None
             if self._echo is not None:
                 audio = self._echo.clean(audio, time.monotonic(), self._played())
+                min_speech = self._echo.min_speech_seconds
             ended = False
-            for event, turn in self.listener.hear(audio):
+            for event, turn in self.listener.hear(audio, min_speech):
                 if isinstance(event, SpeechConfirmed) and not self._continue(turn):
                     self._cut_in()
                 elif isinstance(event, TurnPaused):

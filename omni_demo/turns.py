@@ -105,6 +105,7 @@ class TurnDetector:
         self._paused = False  # TurnPaused was said for the current pause
         self._voiced_samples = 0
         self._last_voiced_end = 0
+        self._min_speech = settings.min_speech_seconds  # this feed's (see `feed`)
 
     def reset(self) -> None:
         """Forget any turn in progress (the clock goes on)."""
@@ -112,7 +113,10 @@ class TurnDetector:
         self._voiced_samples = 0
 
     @torch.no_grad()
-    def feed(self, samples: np.ndarray) -> list[TurnEvent]:
+    def feed(self, samples: np.ndarray, min_speech_seconds: float | None = None) -> list[TurnEvent]:
+        """`min_speech_seconds`: the voice a turn needs to be confirmed while this audio is judged (None: the
+        settings')."""
+        self._min_speech = self.settings.min_speech_seconds if min_speech_seconds is None else min_speech_seconds
         audio = np.concatenate([self._pending, np.asarray(samples, np.float32)])
         whole = len(audio) // WINDOW_SAMPLES * WINDOW_SAMPLES
         self._pending = audio[whole:]
@@ -155,7 +159,7 @@ class TurnDetector:
         return [TurnDiscarded(now, voiced_seconds)]
 
     def _maybe_confirm(self, now: int) -> list[TurnEvent]:
-        if self._confirmed or self._voiced_samples < self.settings.min_speech_seconds * C.INPUT_SAMPLE_RATE:
+        if self._confirmed or self._voiced_samples < self._min_speech * C.INPUT_SAMPLE_RATE:
             return []
         self._confirmed = True
         return [SpeechConfirmed(now)]

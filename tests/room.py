@@ -99,24 +99,12 @@ class Room:
 
     def speakers(self, start: float, count: int) -> np.ndarray:
         """What the speakers emit from `start` (time.monotonic()) on, `count` samples."""
-        out = np.zeros(count, np.float32)
         with self.live.view.lock:
             answer = self.live.view.answer
             if answer is not None and all(answer is not seen for seen in self.answers):
                 self.answers.append(answer)
             playing = [(list(a.chunks), list(a.clock.starts), a.clock.stopped_at) for a in self.answers]
-        times = start + np.arange(count) / RATE
-        for chunks, starts, stopped in playing:
-            for chunk, chunk_start in zip(chunks, starts):
-                if not math.isfinite(chunk_start):
-                    continue
-                length = len(chunk) / C.OUTPUT_SAMPLE_RATE
-                end = min(chunk_start + length, stopped if stopped is not None else math.inf)
-                inside = (times >= chunk_start) & (times < end)
-                if inside.any():
-                    source = np.arange(len(chunk)) / C.OUTPUT_SAMPLE_RATE
-                    out[inside] += np.interp(times[inside] - chunk_start, source, chunk).astype(np.float32)
-        return out
+        return emitted(playing, start, count)
 
     def hear(self, seconds: float, user: np.ndarray | None = None, user_at: float = 0.0,
              after_each=lambda: None) -> None:
@@ -152,6 +140,24 @@ class Room:
     def now(self) -> float:
         """Seconds of microphone sent so far."""
         return self.samples / RATE
+
+
+def emitted(playing: list[tuple[list[np.ndarray], list[float], float | None]], start: float, count: int) -> np.ndarray:
+    """What speakers emit from `start` on, `count` samples at 16 kHz, playing answers given as (chunks at
+    24 kHz, when each starts, when the answer was stopped or None)."""
+    out = np.zeros(count, np.float32)
+    times = start + np.arange(count) / RATE
+    for chunks, starts, stopped in playing:
+        for chunk, chunk_start in zip(chunks, starts):
+            if not math.isfinite(chunk_start):
+                continue
+            length = len(chunk) / C.OUTPUT_SAMPLE_RATE
+            end = min(chunk_start + length, stopped if stopped is not None else math.inf)
+            inside = (times >= chunk_start) & (times < end)
+            if inside.any():
+                source = np.arange(len(chunk)) / C.OUTPUT_SAMPLE_RATE
+                out[inside] += np.interp(times[inside] - chunk_start, source, chunk).astype(np.float32)
+    return out
 
 
 def _rms(samples: np.ndarray) -> float:
