@@ -105,7 +105,6 @@ class TurnDetector:
         self._paused = False  # TurnPaused was said for the current pause
         self._voiced_samples = 0
         self._last_voiced_end = 0
-        self._min_speech = settings.min_speech_seconds  # this feed's (see `feed`)
 
     def reset(self) -> None:
         """Forget any turn in progress (the clock goes on)."""
@@ -116,7 +115,7 @@ class TurnDetector:
     def feed(self, samples: np.ndarray, min_speech_seconds: float | None = None) -> list[TurnEvent]:
         """`min_speech_seconds`: the voice a turn needs to be confirmed while this audio is judged (None: the
         settings')."""
-        self._min_speech = self.settings.min_speech_seconds if min_speech_seconds is None else min_speech_seconds
+        needed = self.settings.min_speech_seconds if min_speech_seconds is None else min_speech_seconds
         audio = np.concatenate([self._pending, np.asarray(samples, np.float32)])
         whole = len(audio) // WINDOW_SAMPLES * WINDOW_SAMPLES
         self._pending = audio[whole:]
@@ -124,10 +123,10 @@ class TurnDetector:
         for start in range(0, whole, WINDOW_SAMPLES):
             probability = float(self.vad(torch.from_numpy(audio[start : start + WINDOW_SAMPLES]), C.INPUT_SAMPLE_RATE))
             self.samples_seen += WINDOW_SAMPLES
-            events += self._judge(probability)
+            events += self._judge(probability, needed)
         return events
 
-    def _judge(self, probability: float) -> list[TurnEvent]:
+    def _judge(self, probability: float, min_speech_seconds: float) -> list[TurnEvent]:
         now, s = self.samples_seen, self.settings
         rate = C.INPUT_SAMPLE_RATE
         voiced = probability >= (SILENCE_THRESHOLD if self._in_turn else SPEECH_THRESHOLD)
@@ -138,13 +137,13 @@ class TurnDetector:
             self._voiced_samples, self._last_voiced_end = WINDOW_SAMPLES, now
             start = max(0, now - WINDOW_SAMPLES - round(s.preroll_seconds * rate))
             events: list[TurnEvent] = [SpeechStarted(start)]
-            return events + self._maybe_confirm(now)
+            return events + self._maybe_confirm(now, min_speech_seconds)
         if voiced:
             self._voiced_samples += WINDOW_SAMPLES
             self._last_voiced_end = now
             resumed: list[TurnEvent] = [SpeechResumed(now)] if self._paused else []
             self._paused = False
-            return resumed + self._maybe_confirm(now)
+            return resumed + self._maybe_confirm(now, min_speech_seconds)
         silent = now - self._last_voiced_end
         if silent < s.silence_seconds * rate:
             if self._confirmed and not self._paused and 0 < s.prepare_seconds and silent >= s.prepare_seconds * rate:
@@ -158,8 +157,8 @@ class TurnDetector:
             return [TurnEnded(self._last_voiced_end, now, voiced_seconds)]
         return [TurnDiscarded(now, voiced_seconds)]
 
-    def _maybe_confirm(self, now: int) -> list[TurnEvent]:
-        if self._confirmed or self._voiced_samples < self._min_speech * C.INPUT_SAMPLE_RATE:
+    def _maybe_confirm(self, now: int, min_speech_seconds: float) -> list[TurnEvent]:
+        if self._confirmed or self._voiced_samples < min_speech_seconds * C.INPUT_SAMPLE_RATE:
             return []
         self._confirmed = True
         return [SpeechConfirmed(now)]

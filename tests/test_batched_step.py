@@ -328,7 +328,7 @@ def test_the_compiled_batch_step_answers_as_the_eager_one_on_cpu(loaded, caplog)
         compiled, worker, sizes, _ = static_answers(loaded, "compiled", arrivals=(0, 0, 3))
     assert "batching eagerly" not in caplog.text and 4 in sizes
     decoder = loaded.model.thinker.model.language_model
-    assert worker._batch_caches._compiled[id(decoder)] is not batch_cache._batch_step  # it was compiled
+    assert worker._batch_caches._compiled[id(decoder)] is not kv_cache.forward_step  # it was compiled
     for mine, theirs in zip(compiled, eager):
         assert_same_choices(mine.tokens, theirs.tokens, theirs.token_margins)
         if mine.tokens == theirs.tokens:
@@ -337,7 +337,7 @@ def test_the_compiled_batch_step_answers_as_the_eager_one_on_cpu(loaded, caplog)
 
 def test_a_batch_step_the_compiler_fails_on_runs_eagerly(loaded, solos, monkeypatch, caplog):
     def broken(*args, **kwargs):
-        def step(module, cache, *rest):
+        def step(module, cache, *rest, **extra):
             for layer in cache.layers:  # a failure after part of the step was written
                 layer.cumulative_length.add_(1)
             raise RuntimeError("inductor: no C++ compiler")
@@ -345,7 +345,7 @@ def test_a_batch_step_the_compiler_fails_on_runs_eagerly(loaded, solos, monkeypa
         return step
 
     monkeypatch.setattr(batch_cache.torch, "compile", broken)
-    monkeypatch.setattr(kv_cache, "compiled_step", lambda module: kv_cache._step)  # lone steps: eager here
+    monkeypatch.setattr(kv_cache, "compiled_step", lambda module: kv_cache.forward_step)  # lone steps: eager here
     with caplog.at_level("WARNING"):
         dones, *_ = static_answers(loaded, "compiled")
     assert "batching eagerly" in caplog.text

@@ -28,7 +28,7 @@ import logging
 import torch
 from transformers import StaticCache
 
-from model.engine.kv_cache import compile_for
+from model.engine.kv_cache import compile_for, forward_step
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,6 @@ class BatchCache:
     def fill_all(self, caches: list) -> list[int]:
         self.end = max(cache.get_seq_length() for cache in caches)
         self.members = {}
-        for layer in self.cache.layers:
-            layer.cumulative_length.fill_(self.end)
         self.mask.fill_(1)  # spare rows see their own dummy positions, and whatever is left there (finite)
         for row, cache in enumerate(caches):
             self._fill(row, cache)
@@ -112,11 +110,6 @@ class BatchCache:
         for index, layer in enumerate(self.cache.layers):
             cache.append(index, layer.keys[row : row + 1, :, at], layer.values[row : row + 1, :, at])
         self.members[row] = (cache, cache.version)
-
-
-def _batch_step(module, cache: StaticCache, embeds: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor):
-    out = module(inputs_embeds=embeds, position_ids=position_ids, attention_mask=mask, past_key_values=cache, use_cache=True)
-    return out.last_hidden_state
 
 
 class BatchCaches:
@@ -165,13 +158,13 @@ class BatchCaches:
             try:
                 if embeds.is_cuda:  # a new step: CUDA graphs may reuse the last step's output buffers
                     torch.compiler.cudagraph_mark_step_begin()
-                return self._compiled_step(module)(module, batch.cache, embeds, positions, batch.mask).clone()
+                return self._compiled_step(module)(module, batch.cache, embeds, positions, attention_mask=batch.mask).clone()
             except Exception as error:  # noqa: BLE001 -- any compiler failure: the eager step gives the same answer
                 log.warning("torch.compile failed on this decoder's batched step (%s); batching eagerly from here", error)
-                self._compiled[id(module)] = _batch_step
+                self._compiled[id(module)] = forward_step
                 for layer in batch.cache.layers:
                     layer.cumulative_length.fill_(batch.end)  # whatever the failed step wrote is past `end`
-        return _batch_step(module, batch.cache, embeds, positions, batch.mask)
+        return forward_step(module, batch.cache, embeds, positions, attention_mask=batch.mask)
 
     def nbytes(self) -> int:
         """What they hold (from any thread: a snapshot of the batches)."""
@@ -185,5 +178,5 @@ class BatchCaches:
     def _compiled_step(self, module):
         if id(module) not in self._compiled:
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-            self._compiled[id(module)] = compile_for(module, _batch_step)
+            self._compiled[id(module)] = compile_for(module, forward_step)
         return self._compiled[id(module)]

@@ -97,9 +97,9 @@ class StaticKV:
                 log.warning("torch.compile failed on this decoder's step (%s); decoding eagerly from here", error)
                 self.compiled = False
                 self.keep(self.length)  # undo whatever the failed step wrote
-                hidden = _step(module, self.cache, embeds, position_ids)
+                hidden = forward_step(module, self.cache, embeds, position_ids)
         else:
-            hidden = _step(module, self.cache, embeds, position_ids, **extra)
+            hidden = forward_step(module, self.cache, embeds, position_ids, **extra)
         self.length += count
         self.version += 1
         return hidden
@@ -146,8 +146,9 @@ class StaticKV:
         self.cache, self.size = bigger, size
 
 
-def _step(module, cache: StaticCache, embeds: torch.Tensor, position_ids: torch.Tensor, **extra) -> torch.Tensor:
-    # No 2-D mask: the causal mask over the allocation comes from the cache's length alone.
+def forward_step(module, cache: StaticCache, embeds: torch.Tensor, position_ids: torch.Tensor, **extra) -> torch.Tensor:
+    # A conversation's own cache needs no 2-D mask: the causal mask over the allocation comes from the cache's
+    # length alone. A batch's (batch_cache.py) passes one in `extra`, to hide its rows' left padding.
     out = module(inputs_embeds=embeds, position_ids=position_ids, past_key_values=cache, use_cache=True, **extra)
     return out.last_hidden_state
 
@@ -158,7 +159,7 @@ _COMPILED: dict[int, object] = {}  # one compiled step per decoder module, share
 def compiled_step(module):
     key = id(module)
     if key not in _COMPILED:
-        _COMPILED[key] = compile_for(module, _step)
+        _COMPILED[key] = compile_for(module, forward_step)
     return _COMPILED[key]
 
 
