@@ -56,31 +56,18 @@ def voiced(monkeypatch):
 
 
 @pytest.fixture
-def cleaned(monkeypatch) -> list[np.ndarray]:
-    """What the turn-taking heard: the microphone after the echo canceller."""
-    heard: list[np.ndarray] = []
-    hear = listener_module.Listener.hear
-
-    def keep(listener, audio, *args):
-        heard.append(audio)
-        return hear(listener, audio, *args)
-
-    monkeypatch.setattr(listener_module.Listener, "hear", keep)
-    return heard
-
-
-@pytest.fixture
-def bars(monkeypatch) -> list[float | None]:
-    """The voice each microphone chunk's turn-taking needed to confirm a turn (None: its own 0.3 s)."""
-    needed: list[float | None] = []
+def listened(monkeypatch) -> list[tuple[np.ndarray, float | None]]:
+    """What turn-taking was given, chunk by chunk: the microphone after the echo canceller, and the voice a turn
+    needed to be confirmed in it (None: turn-taking's own 0.3 s)."""
+    given: list[tuple[np.ndarray, float | None]] = []
     hear = listener_module.Listener.hear
 
     def keep(listener, audio, min_speech_seconds=None):
-        needed.append(min_speech_seconds)
+        given.append((audio, min_speech_seconds))
         return hear(listener, audio, min_speech_seconds)
 
     monkeypatch.setattr(listener_module.Listener, "hear", keep)
-    return needed
+    return given
 
 
 @pytest.fixture
@@ -189,7 +176,7 @@ def cut_in(room: Room, live: LiveSession) -> float:
 
 
 @pytest.mark.parametrize("delay, level_db", [*ROOMS, (0.25, None)], ids=[*(f"{d * 1000:.0f}ms{l:+.0f}dB" for d, l in ROOMS), "headphones"])
-def test_on_laptop_speakers_the_echo_never_cuts_in_and_the_user_does(qwen3_loaded, tab, voiced, cleaned, bars, delay,
+def test_on_laptop_speakers_the_echo_never_cuts_in_and_the_user_does(qwen3_loaded, tab, voiced, listened, delay,
                                                                       level_db):
     """Answers play into the microphone until the canceller has heard WARM_SECONDS of them: none is ever taken
     for the user (while it learnt the room, a turn needed LEARNING_MIN_SPEECH_SECONDS of voice). Then the user
@@ -208,17 +195,19 @@ def test_on_laptop_speakers_the_echo_never_cuts_in_and_the_user_does(qwen3_loade
         played += answer.clock.produced
     assert not any(t.interrupted for t in live.timings)
     assert live._echo.detector.found is (level_db is not None)  # headphones: the microphone is left as it is
+    bars = [bar for _, bar in listened]
     learning = [index for index, bar in enumerate(bars) if bar == LEARNING_MIN_SPEECH_SECONDS]
     assert learning and bars[learning[-1] + 1 :] and not any(bars[learning[-1] + 1 :])  # then, from judged on, never
     answers = len(live.timings)
     echo_seconds = float(np.mean(np.abs(room.echo) > 1e-3) * len(room.echo) / 16000) if level_db is not None else 0.0
-    erle = erle_db(room.sent, np.concatenate(cleaned), room.echo) if level_db is not None else None
+    cleaned = np.concatenate([audio for audio, _ in listened])  # the microphone after the canceller, so far
+    erle = erle_db(room.sent, cleaned, room.echo) if level_db is not None else None
 
     seconds = cut_in(room, live)
     # The user's turn as the model got it is the cleaned microphone.
     turn = live.answer.turn
     span = slice(turn.start, turn.start + turn.samples)
-    heard = np.concatenate(cleaned)
+    heard = np.concatenate([audio for audio, _ in listened])
     np.testing.assert_array_equal(turn.whole_audio(), heard[span])
     left, left_seconds = echo_left_db(room.sent[span], heard[span], (room.sent - room.echo)[span], room.echo[span])
     print(f"\nroom {delay * 1000:.0f} ms, echo {'none' if level_db is None else f'{level_db:+.0f} dB'}: {answers} answers "
